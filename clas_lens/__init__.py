@@ -1,0 +1,42 @@
+"""clas_lens: Contextual Linear Activation Steering on TransformerLens, with a lens.
+
+Data flows one way: model -> directions -> steerer -> trace -> analysis -> figure.
+
+    >>> import clas_lens as cl
+    >>> model = cl.load_model()                                    # doctest: +SKIP
+    >>> contrast, pairs = cl.load_concept("data/positive")         # doctest: +SKIP
+    >>> dirs = cl.fit_directions(model, contrast, method="rfm")    # doctest: +SKIP
+    >>> steerer = cl.CLASSteerer(dirs)                             # doctest: +SKIP
+    >>> history = cl.train(model, steerer, pairs.train, pairs.valid)  # doctest: +SKIP
+    >>> result = cl.generate(model, steerer, pairs.test.prompts)   # doctest: +SKIP
+    >>> result.strengths.shape   # [batch, pos, layer]             # doctest: +SKIP
+"""
+
+__version__ = "0.1.0"
+
+# floor 1: model, data, files
+from clas_lens.model import ModelNotAvailableError, chat_ids, load_model
+from clas_lens.data import ContrastSet, DataError, SteerSet, load_concept
+from clas_lens.io import ArtifactError
+
+# floor 2: probe directions
+from clas_lens.directions import METHODS, Directions, fit_directions, resid_activations
+
+# floor 3: steerers
+from clas_lens.steerers import (
+    CLASSteerer, LASSteerer, LayerwiseLASSteerer, LoRASteerer, ReFTSteerer, Steerer,
+    load_steerer,
+)
+
+# floor 4: training and traces
+from clas_lens.train import TrainHistory, TrainingError, completion_nll, grid_search_las, train
+from clas_lens.trace import GenerationResult, generate, trace
+
+__all__ = [
+    "ArtifactError", "CLASSteerer", "ContrastSet", "DataError", "Directions",
+    "GenerationResult", "LASSteerer", "LayerwiseLASSteerer", "LoRASteerer", "METHODS",
+    "ModelNotAvailableError", "ReFTSteerer", "SteerSet", "Steerer", "TrainHistory",
+    "TrainingError", "chat_ids", "completion_nll", "fit_directions", "generate",
+    "grid_search_las", "load_concept", "load_model", "load_steerer", "resid_activations",
+    "trace", "train",
+]

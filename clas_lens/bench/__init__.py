@@ -1,0 +1,1 @@
+"""Benchmarks for steering methods: harness and offline metrics."""

@@ -1,0 +1,327 @@
+"""Concept data: contrast sets for probes and (prompt, completion) sets for steering.
+
+Example:
+    >>> cs = ContrastSet.from_templates(["a cat"], "Describe {prompt}.",
+    ...                                 "Describe {prompt} cheerfully.")
+    >>> cs.prompts, cs.labels
+    (['Describe a cat.', 'Describe a cat cheerfully.'], [0, 1])
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+SPLITS = ("train", "valid", "test")
+REFERENCE_COLUMNS = ("x", "y", "base_template", "steer_template", "base_input")
+LLAMA_EOT = "<|eot_id|>"
+_REFERENCE_SPLIT = ((0, 10, "train"), (10, 20, "valid"), (20, None, "test"))
+
+
+class DataError(ValueError):
+    """A data file or argument is malformed; the message names the file, row and column."""
+
+
+def _fill(template: str, value: str) -> str:
+    # str.format would choke on the braces of code prompts; replace only the field.
+    return template.replace("{prompt}", value)
+
+
+def _read_text(path: Path) -> str:
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not valid UTF-8 ({err})") from err
+
+
+def read_jsonl(path: str | os.PathLike, required: Sequence[str]) -> list[dict]:
+    """Read a JSONL file; every line must be an object holding the ``required`` keys."""
+    path = Path(path)
+    rows = []
+    for n, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}, line {n}: invalid JSON ({err.msg})") from err
+        if not isinstance(row, dict):
+            raise DataError(f"{path}, line {n}: expected a JSON object")
+        for key in required:
+            if key not in row:
+                raise DataError(f"{path}, line {n}: missing field {key!r}")
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    return rows
+
+
+def read_csv(path: str | os.PathLike, required: Sequence[str]) -> list[dict]:
+    """Read a CSV file with a header holding the ``required`` columns."""
+    path = Path(path)
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    text = _read_text(path)
+    reader = csv.DictReader(text.splitlines(keepends=True))
+    missing = [c for c in required if c not in (reader.fieldnames or [])]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(map(repr, missing))}")
+    try:
+        rows = [dict(r) for r in reader]
+    except csv.Error as err:
+        raise DataError(f"{path}: malformed CSV ({err})") from err
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    return rows
+
+
+def _nonempty(value, where: str) -> str:
+    if not isinstance(value, str):
+        raise DataError(f"{where}: expected text, got {type(value).__name__}")
+    if not value.strip():
+        raise DataError(f"{where}: empty")
+    return value
+
+
+@dataclass(frozen=True)
+class ContrastSet:
+    """Prompts with binary labels: 0 = without the behaviour, 1 = with it.
+
+    Attributes:
+        prompts: user prompts (chat formatting is applied when activations are read).
+        labels: 0 or 1 per prompt; both classes must be present.
+        pair_ids: optional pairing (same id = same input with and without the
+            behaviour), used by the ``pca`` method and by paired splits.
+        name: a label recorded in provenance.
+    """
+
+    prompts: list[str]
+    labels: list[int]
+    pair_ids: list[int] | None = None
+    name: str = ""
+
+    def __post_init__(self):
+        prompts, labels = list(self.prompts), [int(x) for x in self.labels]
+        if not prompts:
+            raise DataError("ContrastSet: no prompts")
+        if len(prompts) != len(labels):
+            raise DataError(f"ContrastSet: {len(prompts)} prompts but {len(labels)} labels")
+        for i, (p, y) in enumerate(zip(prompts, labels)):
+            _nonempty(p, f"ContrastSet prompt {i}")
+            if y not in (0, 1):
+                raise DataError(f"ContrastSet label {i} is {y!r}; labels must be 0 or 1")
+        if len(set(labels)) < 2:
+            raise DataError(
+                f"ContrastSet has only label {labels[0]}: a probe needs both classes (0 and 1)"
+            )
+        if self.pair_ids is not None and len(self.pair_ids) != len(prompts):
+            raise DataError("ContrastSet: pair_ids must have one entry per prompt")
+        object.__setattr__(self, "prompts", prompts)
+        object.__setattr__(self, "labels", labels)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    @classmethod
+    def from_templates(
+        cls, inputs: Iterable[str], base_template: str, steer_template: str, *, name: str = ""
+    ) -> "ContrastSet":
+        """Paired prompts: each input filled into the base (label 0) and steer (label 1) template."""
+        inputs = list(inputs)
+        if not inputs:
+            raise DataError("ContrastSet.from_templates: no inputs")
+        for t, which in ((base_template, "base_template"), (steer_template, "steer_template")):
+            if "{prompt}" not in t:
+                raise DataError(f"ContrastSet.from_templates: {which} has no '{{prompt}}' field")
+        prompts, labels, pairs = [], [], []
+        for i, x in enumerate(inputs):
+            prompts += [_fill(base_template, x), _fill(steer_template, x)]
+            labels += [0, 1]
+            pairs += [i, i]
+        return cls(prompts, labels, pairs, name)
+
+    @classmethod
+    def from_jsonl(cls, path: str | os.PathLike, *, name: str | None = None) -> "ContrastSet":
+        """Lines ``{"prompt": str, "label": 0|1}``; consecutive 0/1 lines with equal
+        ``pair`` fields (optional) are paired."""
+        rows = read_jsonl(path, ("prompt", "label"))
+        return cls._from_rows(rows, Path(path), name, "line")
+
+    @classmethod
+    def from_csv(cls, path: str | os.PathLike, *, name: str | None = None) -> "ContrastSet":
+        """A CSV with columns ``prompt`` and ``label`` (and optionally ``pair``)."""
+        rows = read_csv(path, ("prompt", "label"))
+        return cls._from_rows(rows, Path(path), name, "row")
+
+    @classmethod
+    def _from_rows(cls, rows, path: Path, name, unit: str) -> "ContrastSet":
+        prompts, labels, pairs = [], [], []
+        for n, row in enumerate(rows, start=1):
+            prompts.append(_nonempty(row["prompt"], f"{path}, {unit} {n}, field 'prompt'"))
+            try:
+                label = int(row["label"])
+            except (TypeError, ValueError):
+                raise DataError(f"{path}, {unit} {n}, field 'label': {row['label']!r} is not 0 or 1")
+            if label not in (0, 1):
+                raise DataError(f"{path}, {unit} {n}, field 'label': {label} is not 0 or 1")
+            labels.append(label)
+            pairs.append(row.get("pair"))
+        if any(p in (None, "") for p in pairs):
+            pair_ids = None
+        else:
+            order: dict[str, int] = {}
+            pair_ids = [order.setdefault(str(p), len(order)) for p in pairs]
+        if pair_ids is None and _alternating(labels):
+            pair_ids = [i // 2 for i in range(len(labels))]
+        return cls(prompts, labels, pair_ids, name if name is not None else path.parent.name)
+
+
+def _alternating(labels: list[int]) -> bool:
+    return len(labels) % 2 == 0 and all(
+        labels[i] == 0 and labels[i + 1] == 1 for i in range(0, len(labels), 2)
+    )
+
+
+@dataclass(frozen=True)
+class SteerSet:
+    """(prompt, target completion) pairs with train / valid / test splits.
+
+    Attributes:
+        prompts: user prompts.
+        completions: target completions showing the behaviour (no end-of-turn marker:
+            the model's own is appended when pairs are tokenised for training).
+        splits: ``"train"``, ``"valid"`` or ``"test"`` per pair.
+        name: the concept or benchmark name.
+        rows: the source rows (for reference CSVs: ids, templates, labels), if any.
+    """
+
+    prompts: list[str]
+    completions: list[str]
+    splits: list[str]
+    name: str = ""
+    rows: list[dict] | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        n = len(self.prompts)
+        if n == 0:
+            raise DataError("SteerSet: no pairs")
+        if len(self.completions) != n or len(self.splits) != n:
+            raise DataError("SteerSet: prompts, completions and splits differ in length")
+        for i, s in enumerate(self.splits):
+            if s not in SPLITS:
+                raise DataError(f"SteerSet pair {i}: split {s!r} is not one of {SPLITS}")
+        for i, (p, c) in enumerate(zip(self.prompts, self.completions)):
+            _nonempty(p, f"SteerSet pair {i}, prompt")
+            if not isinstance(c, str):
+                raise DataError(f"SteerSet pair {i}, completion: expected text")
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        """The (prompt, completion) tuples."""
+        return list(zip(self.prompts, self.completions))
+
+    def split(self, name: str) -> "SteerSet":
+        """The subset of one split (an error if it is empty)."""
+        if name not in SPLITS:
+            raise DataError(f"unknown split {name!r}; choose one of {SPLITS}")
+        idx = [i for i, s in enumerate(self.splits) if s == name]
+        if not idx:
+            raise DataError(f"SteerSet {self.name!r} has no {name!r} pairs")
+        return self.subset(idx)
+
+    def subset(self, idx: Sequence[int]) -> "SteerSet":
+        """The pairs at the given indices."""
+        return SteerSet(
+            [self.prompts[i] for i in idx],
+            [self.completions[i] for i in idx],
+            [self.splits[i] for i in idx],
+            self.name,
+            None if self.rows is None else [self.rows[i] for i in idx],
+        )
+
+    @property
+    def train(self) -> "SteerSet":
+        return self.split("train")
+
+    @property
+    def valid(self) -> "SteerSet":
+        return self.split("valid")
+
+    @property
+    def test(self) -> "SteerSet":
+        return self.split("test")
+
+    def steer_prompts(self) -> list[str]:
+        """Prompts filled into the steer template (the behaviour asked for in words)."""
+        if not self.rows or "steer_template" not in self.rows[0]:
+            raise DataError(f"SteerSet {self.name!r} has no steer_template (not a reference CSV)")
+        return [_fill(r["steer_template"], r["base_input"]) for r in self.rows]
+
+    def contrast_set(self, splits: Sequence[str] = ("train", "valid")) -> ContrastSet:
+        """Template contrasts for probing, from the given splits only (never test by default).
+
+        Each input is filled into ``base_template`` (label 0) and ``steer_template`` (label 1).
+        """
+        if not self.rows or "base_template" not in self.rows[0]:
+            raise DataError(f"SteerSet {self.name!r} has no templates (not a reference CSV)")
+        rows = [r for r, s in zip(self.rows, self.splits) if s in splits]
+        if not rows:
+            raise DataError(f"SteerSet {self.name!r}: no rows in splits {tuple(splits)}")
+        prompts, labels, pairs = [], [], []
+        for i, r in enumerate(rows):
+            prompts += [_fill(r["base_template"], r["base_input"]),
+                        _fill(r["steer_template"], r["base_input"])]
+            labels += [0, 1]
+            pairs += [i, i]
+        return ContrastSet(prompts, labels, pairs, self.name)
+
+    @classmethod
+    def from_reference_csv(cls, path: str | os.PathLike, *, name: str | None = None) -> "SteerSet":
+        """Read the CLAS reference CSV format (rows 0-9 train, 10-19 valid, 20+ test).
+
+        The Llama end-of-turn marker ``<|eot_id|>`` is stripped from targets.
+        """
+        path = Path(path)
+        rows = read_csv(path, REFERENCE_COLUMNS)
+        prompts, completions, splits = [], [], []
+        for n, row in enumerate(rows):
+            where = f"{path}, row {n} (id {row.get('id', '?')})"
+            prompts.append(_nonempty(row["x"], f"{where}, column 'x'"))
+            y = (row["y"] or "").replace(LLAMA_EOT, "").rstrip()
+            completions.append(_nonempty(y, f"{where}, column 'y'"))
+            for col in ("base_template", "steer_template"):
+                if "{prompt}" not in (row[col] or ""):
+                    raise DataError(f"{where}, column {col!r}: no '{{prompt}}' field")
+            splits.append(next(s for a, b, s in _REFERENCE_SPLIT if n >= a and (b is None or n < b)))
+        if name is None:
+            name = path.stem.replace("_SteerDataset", "")
+        return cls(prompts, completions, splits, name, rows)
+
+    @classmethod
+    def from_jsonl(cls, path: str | os.PathLike, *, name: str | None = None) -> "SteerSet":
+        """Lines ``{"prompt": str, "completion": str, "split": "train"|"valid"|"test"}``."""
+        path = Path(path)
+        rows = read_jsonl(path, ("prompt", "completion", "split"))
+        prompts, completions, splits = [], [], []
+        for n, row in enumerate(rows, start=1):
+            prompts.append(_nonempty(row["prompt"], f"{path}, line {n}, field 'prompt'"))
+            completions.append(_nonempty(row["completion"], f"{path}, line {n}, field 'completion'"))
+            if row["split"] not in SPLITS:
+                raise DataError(f"{path}, line {n}, field 'split': {row['split']!r} not in {SPLITS}")
+            splits.append(row["split"])
+        return cls(prompts, completions, splits, name if name is not None else path.parent.name, rows)
+
+
+def load_concept(folder: str | os.PathLike) -> tuple[ContrastSet, SteerSet]:
+    """Load a ``data/<concept>/`` folder: ``(contrast.jsonl, pairs.jsonl)``."""
+    folder = Path(folder)
+    return ContrastSet.from_jsonl(folder / "contrast.jsonl"), SteerSet.from_jsonl(folder / "pairs.jsonl")

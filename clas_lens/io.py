@@ -1,0 +1,147 @@
+"""Artifacts on disk: safetensors weights plus a ``cfg.json``, written atomically.
+
+An artifact is a folder holding ``cfg.json`` and ``weights-<sha256>.safetensors``.
+The weights are written first under a content-addressed name, then ``cfg.json``
+(which names the weights file and its hash) replaces the old one atomically, and
+only then are older weights removed. A crash at any moment therefore leaves the
+previous artifact or the new one, never a mixture. Loading checks the hash, so a
+truncated or tampered file is refused. Only safetensors is read: no pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+CFG_NAME = "cfg.json"
+
+
+class ArtifactError(ValueError):
+    """An artifact on disk is missing, corrupt, or made for something else."""
+
+
+def versions() -> dict:
+    """Versions of the libraries an artifact depends on."""
+    import transformer_lens
+
+    from clas_lens import __version__
+
+    try:
+        from importlib.metadata import version
+
+        tl = version("transformer-lens")
+    except Exception:  # pragma: no cover - editable installs without metadata
+        tl = getattr(transformer_lens, "__version__", "unknown")
+    return {"clas_lens": __version__, "transformer_lens": tl, "torch": torch.__version__}
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Atomic text write (UTF-8)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Raise ``ValueError`` naming the first tensor holding NaN or infinite values."""
+    for key, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError(f"{where}: tensor {key!r} contains NaN or infinite values")
+
+
+def save_artifact(path: str | os.PathLike, tensors: dict[str, torch.Tensor], cfg: dict) -> Path:
+    """Save tensors and a config as an artifact folder (atomic, see module doc)."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ArtifactError(f"{folder} exists and is not a folder")
+    check_finite(tensors, f"saving {folder}")
+    data = st_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
+    digest = hashlib.sha256(data).hexdigest()
+    weights = f"weights-{digest[:16]}.safetensors"
+    full_cfg = dict(cfg)
+    full_cfg.setdefault("versions", versions())
+    full_cfg["weights_file"] = weights
+    full_cfg["weights_sha256"] = digest
+    text = json.dumps(full_cfg, indent=2, sort_keys=True, default=str)
+    atomic_write_bytes(folder / weights, data)
+    atomic_write_text(folder / CFG_NAME, text + "\n")
+    for old in folder.glob("weights-*.safetensors"):
+        if old.name != weights:
+            old.unlink(missing_ok=True)
+    return folder
+
+
+def load_artifact(path: str | os.PathLike, *, kind: str | None = None) -> tuple[dict, dict]:
+    """Load an artifact folder; returns ``(tensors, cfg)``.
+
+    Raises:
+        ArtifactError: missing files, a corrupt ``cfg.json``, a hash mismatch, a file
+            safetensors cannot read, non-finite values, or a ``kind`` other than expected.
+    """
+    folder = Path(path)
+    cfg_path = folder / CFG_NAME
+    if not cfg_path.is_file():
+        raise ArtifactError(f"{folder} is not a clas_lens artifact: {CFG_NAME} is missing")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{cfg_path} is not valid JSON: {err}") from err
+    if not isinstance(cfg, dict) or "weights_file" not in cfg:
+        raise ArtifactError(f"{cfg_path} does not name a weights file")
+    if kind is not None and cfg.get("kind") != kind:
+        raise ArtifactError(f"{folder} holds a {cfg.get('kind')!r}, expected a {kind!r}")
+    weights_path = folder / str(cfg["weights_file"])
+    if weights_path.parent != folder:
+        raise ArtifactError(f"{cfg_path}: weights file must be inside the artifact folder")
+    if not weights_path.is_file():
+        raise ArtifactError(f"{weights_path} is missing")
+    data = weights_path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != cfg.get("weights_sha256"):
+        raise ArtifactError(
+            f"{weights_path} does not match the hash recorded in {CFG_NAME}: truncated or modified"
+        )
+    try:
+        tensors = st_load(data)
+    except (SafetensorError, Exception) as err:
+        raise ArtifactError(f"{weights_path} cannot be read as safetensors: {err}") from err
+    try:
+        check_finite(tensors, f"loading {folder}")
+    except ValueError as err:
+        raise ArtifactError(str(err)) from err
+    return tensors, cfg
+
+
+def check_model_matches(cfg: dict, model, what: str) -> None:
+    """Refuse an artifact made for another model (name, n_layers or d_model differ)."""
+    from clas_lens.model import model_info
+
+    info = model_info(model)
+    for key in ("model_name", "n_layers", "d_model"):
+        if key in cfg and cfg[key] != info[key]:
+            raise ArtifactError(
+                f"{what} was made for a model with {key}={cfg[key]!r}, "
+                f"but this model has {key}={info[key]!r}"
+            )

