@@ -1,0 +1,119 @@
+"""Training: completion-only loss, frozen model, selection, determinism, failures."""
+
+import math
+
+import pytest
+import torch
+
+import clas_lens as cl
+from clas_lens.train import _collate, encode_pairs
+from conftest import n_hooks, random_directions, randomize
+
+
+@pytest.fixture(scope="module")
+def task(tiny):
+    """Pairs whose completions come from a steered 'teacher': a steering solution exists."""
+    dirs = random_directions(tiny, seed=21)
+    teacher = randomize(cl.CLASSteerer(dirs), seed=22, scale=0.0)
+    with torch.no_grad():
+        teacher.b.fill_(3.0)
+    prompts = ["hello", "I love cats", "The weather is sunny", "Tell me about Paris",
+               "world user", "Describe a rainy morning", "cats and dogs", "France is great"]
+    res = cl.generate(tiny, teacher, prompts, max_new_tokens=6, stop_at_eos=False)
+    pairs = [(p, tiny.tokenizer.decode(ids[n:])) for p, ids, n in
+             zip(prompts, res.token_ids, res.prompt_lengths)]
+    return dirs, pairs[:5], pairs[5:]
+
+
+def test_labels_cover_completion_only(tiny):
+    enc = encode_pairs(tiny, [("hello", "world"), ("The capital of France", "Paris!")])
+    ids, mask, labels = _collate(enc, 1, "cpu")
+    for i, (seq, n) in enumerate(enc):
+        assert torch.all(labels[i, :n] == -100)
+        assert labels[i, n:len(seq)].tolist() == seq[n:]
+        assert torch.all(labels[i, len(seq):] == -100)
+        assert seq[-1] == tiny.tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_training_lowers_valid_loss_and_freezes_model(tiny, task):
+    dirs, tr, va = task
+    weights = {k: v.clone() for k, v in tiny.state_dict().items()}
+    st = cl.CLASSteerer(dirs)
+    hist = cl.train(tiny, st, tr, va, epochs=8, lr={"W": 1e-2, "b": 0.3}, progress=False)
+    assert hist.best_valid_loss < hist.valid_losses[0] - 0.05
+    assert min(hist.valid_losses) == pytest.approx(hist.best_valid_loss)
+    assert cl.completion_nll(tiny, st, va) == pytest.approx(hist.best_valid_loss, rel=1e-5)
+    after = tiny.state_dict()
+    assert all(torch.equal(weights[k], after[k]) for k in weights)
+    assert all(p.grad is None for p in tiny.parameters())
+    assert n_hooks(tiny) == 0
+    assert len(hist.steps) == 8 and "norm_W" in hist.steps[0]
+
+
+def test_training_is_deterministic(tiny, task):
+    dirs, tr, va = task
+    a, b = cl.CLASSteerer(dirs), cl.CLASSteerer(dirs)
+    cl.train(tiny, a, tr, va, epochs=3, batch_size=2, progress=False)
+    cl.train(tiny, b, tr, va, epochs=3, batch_size=2, progress=False)
+    assert torch.equal(a.W, b.W) and torch.equal(a.b, b.b)
+
+
+def test_untrained_state_can_win(tiny, task):
+    dirs, tr, va = task
+    st = cl.CLASSteerer(dirs)
+    hist = cl.train(tiny, st, tr, va, epochs=2, lr={"W": 5.0, "b": 50.0}, progress=False)
+    if hist.best_epoch == 0:
+        assert torch.count_nonzero(st.W) == 0 and torch.count_nonzero(st.b) == 0
+    assert hist.best_valid_loss <= hist.valid_losses[0]
+
+
+@pytest.mark.parametrize("kind", ["las_layerwise", "reft", "lora"])
+def test_baselines_train(tiny, task, kind):
+    dirs, tr, va = task
+    st = {"las_layerwise": lambda: cl.LayerwiseLASSteerer(dirs),
+          "reft": lambda: cl.ReFTSteerer(tiny), "lora": lambda: cl.LoRASteerer(tiny)}[kind]()
+    hist = cl.train(tiny, st, tr, va, epochs=3, progress=False)
+    assert hist.best_valid_loss <= hist.valid_losses[0]
+    assert math.isfinite(hist.best_valid_loss)
+
+
+def test_las_grid_search_picks_lowest(tiny, task):
+    dirs, tr, _ = task
+    las = cl.LASSteerer(dirs)
+    out = cl.grid_search_las(tiny, las, tr, grid=[0.0, 0.5, 1.0, 2.0], progress=False)
+    i = min(range(4), key=lambda k: out["nll"][k])
+    assert out["best"] == out["grid"][i] and float(las.c) == out["grid"][i]
+
+
+def test_nan_loss_stops_with_step_and_keeps_best(tiny, task):
+    dirs, tr, va = task
+    st = cl.CLASSteerer(dirs)
+    with torch.no_grad():
+        st.b.fill_(0.01)
+    good = {k: v.clone() for k, v in st.state_dict().items()}
+    with torch.no_grad():
+        st.V[0, 0, 0] = float("nan")
+    with pytest.raises(cl.TrainingError, match="step 1"):
+        cl.train(tiny, st, tr, epochs=2, progress=False)
+    assert torch.equal(st.W, good["W"]) and torch.equal(st.b, good["b"])
+    assert n_hooks(tiny) == 0
+
+
+def test_keyboard_interrupt_keeps_best(tiny, task, monkeypatch):
+    dirs, tr, va = task
+    st = cl.CLASSteerer(dirs)
+    calls = {"n": 0}
+    orig = torch.optim.AdamW.step
+
+    def step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    with pytest.warns(UserWarning, match="interrupted"):
+        hist = cl.train(tiny, st, tr, va, epochs=4, progress=False)
+    assert hist.interrupted
+    assert cl.completion_nll(tiny, st, va) == pytest.approx(hist.best_valid_loss, rel=1e-5)
+    assert n_hooks(tiny) == 0
