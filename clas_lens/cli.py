@@ -1,7 +1,10 @@
 """The ``clas-lens`` command: ``demo``, ``train``, ``bench`` and ``figures``.
 
 Each command is a thin wrapper over a Python function; ``clas-lens CMD --help``
-describes it. Usage errors exit with status 2, failures with status 1.
+describes it. Usage errors (a bad option value, an unknown method or layer list)
+exit with status 2 and the command's usage line; failures (bad data files, corrupt
+artifacts, an unavailable model, a non-finite training loss) exit with status 1 and
+one ``clas-lens CMD: error: ...`` line; an interrupt exits with status 130.
 """
 
 from __future__ import annotations
@@ -12,13 +15,56 @@ import sys
 from pathlib import Path
 
 
+BENCH_METHODS = ("base_prompt", "steer_prompt", "las", "las_layerwise", "clas", "reft", "lora")
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is less than {low}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _layer_list(text: str) -> list[int]:
+    parts = [x.strip() for x in text.split(",")]
+    if not text.strip() or any(not x for x in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated layer numbers, e.g. 8,12")
+    try:
+        return [int(x) for x in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected comma-separated layer numbers, e.g. 8,12") from None
+
+
+def _check_direction_method(args, method: str, option: str = "--method") -> None:
+    from clas_lens.directions import METHODS
+
+    if method not in METHODS:
+        args._parser.error(f"argument {option}: unknown direction method {method!r} "
+                           f"(choose from {', '.join(sorted(METHODS))})")
+
+
 def _default_bench_path() -> list[str]:
     here = Path.cwd() / ".." / "shared" / "benchmarks"
     return [str(here)] if here.is_dir() else []
 
 
 def _cmd_demo(args) -> int:
+    from clas_lens.data import load_concept
     from clas_lens.demo import run_demo
+    from clas_lens.io import ArtifactError
+
+    _check_direction_method(args, args.method)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ArtifactError(f"--out {out} exists and is not a folder")
+    load_concept(args.concept)  # bad data fails now, not after loading the model
 
     run_demo(concept=args.concept, out=args.out, epochs=args.epochs,
              max_new_tokens=args.max_new_tokens, method=args.method)
@@ -29,7 +75,13 @@ def _cmd_train(args) -> int:
     import clas_lens as cl
     from clas_lens.data import load_concept
 
+    _check_direction_method(args, args.method)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise cl.ArtifactError(f"--out {out} exists and is not a folder")
     src = Path(args.source)
+    if not src.exists():
+        raise cl.DataError(f"{src}: no such file or folder")
     if src.is_dir():
         contrast, steer = load_concept(src)
     elif src.suffix.lower() == ".csv":
@@ -38,10 +90,13 @@ def _cmd_train(args) -> int:
     else:
         raise cl.DataError(f"{src}: expected a data/<concept> folder or a reference-format CSV")
     model = cl.load_model(args.model)
-    layers = None if args.layers is None else [int(x) for x in args.layers.split(",")]
-    dirs = cl.fit_directions(model, contrast, method=args.method, layers=layers, seed=args.seed)
+    dirs = cl.fit_directions(model, contrast, method=args.method, layers=args.layers,
+                             seed=args.seed)
     steerer = cl.CLASSteerer(dirs)
     hist = cl.train(model, steerer, steer.train, steer.valid, epochs=args.epochs, seed=args.seed)
+    # provenance: the seed and settings of this run go into the saved cfg.json
+    steerer.extra = {**steerer.extra, "train": dict(hist.settings),
+                     "best_epoch": hist.best_epoch, "best_valid_loss": hist.best_valid_loss}
     steerer.save(args.out)
     dirs.save(Path(args.out) / "directions")
     print(f"valid loss {hist.valid_losses[0]:.4f} -> {hist.best_valid_loss:.4f} "
@@ -52,6 +107,13 @@ def _cmd_train(args) -> int:
 def _cmd_bench(args) -> int:
     from clas_lens.bench.harness import run_benchmarks
 
+    if args.methods is not None:
+        names = [m.strip() for m in args.methods.split(",")]
+        bad = [m for m in names if m not in BENCH_METHODS]
+        if bad or not names:
+            args._parser.error(f"argument --methods: unknown method(s) {bad} "
+                               f"(choose from {', '.join(BENCH_METHODS)})")
+    _check_direction_method(args, args.direction_method, "--direction-method")
     paths = args.paths or _default_bench_path()
     if not paths:
         print("clas-lens bench: no CSV given and ../shared/benchmarks not found", file=sys.stderr)
@@ -77,10 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run the demo on the embedded model (offline).")
     d.add_argument("--concept", default="data/positive", help="a data/<concept> folder")
     d.add_argument("--out", default="figures", help="folder for demo_strengths.png/.html")
-    d.add_argument("--epochs", type=int, default=8)
-    d.add_argument("--method", default="mean_diff", help="direction method")
-    d.add_argument("--max-new-tokens", type=int, default=40)
-    d.set_defaults(fn=_cmd_demo)
+    d.add_argument("--epochs", type=_int_at_least(0), default=8)
+    d.add_argument("--method", default="rfm", help="direction method")
+    d.add_argument("--max-new-tokens", type=_int_at_least(1), default=40)
+    d.set_defaults(fn=_cmd_demo, _parser=d)
 
     t = sub.add_parser("train", help="train a CLAS steerer and save it",
                        description="Train a CLAS steerer on a data/<concept> folder or a "
@@ -89,10 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="folder to save the steerer to")
     t.add_argument("--model", default=None, help="model name (default: embedded SmolLM2)")
     t.add_argument("--method", default="rfm", help="direction method")
-    t.add_argument("--layers", default=None, help="comma-separated layers (default: all)")
-    t.add_argument("--epochs", type=int, default=8)
-    t.add_argument("--seed", type=int, default=0)
-    t.set_defaults(fn=_cmd_train)
+    t.add_argument("--layers", type=_layer_list, default=None,
+                   help="comma-separated layers (default: all)")
+    t.add_argument("--epochs", type=_int_at_least(0), default=8)
+    t.add_argument("--seed", type=_int_at_least(0), default=0)
+    t.set_defaults(fn=_cmd_train, _parser=t)
 
     b = sub.add_parser("bench", help="score steering methods on reference-format benchmarks",
                        description="Run methods x benchmarks and write results.")
@@ -103,15 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated subset of base_prompt,steer_prompt,las,las_layerwise,"
                         "clas,reft,lora")
     b.add_argument("--direction-method", default="rfm")
-    b.add_argument("--gen-rows", type=int, default=None, help="test rows to generate for")
-    b.add_argument("--max-new-tokens", type=int, default=None)
-    b.set_defaults(fn=_cmd_bench)
+    b.add_argument("--gen-rows", type=_int_at_least(1), default=None,
+                   help="test rows to generate for")
+    b.add_argument("--max-new-tokens", type=_int_at_least(1), default=None)
+    b.set_defaults(fn=_cmd_bench, _parser=b)
 
     f = sub.add_parser("figures", help="regenerate every committed figure",
                        description="Regenerate the figures in figures/ on the embedded model.")
     f.add_argument("--out", default="figures")
     f.add_argument("--quick", action="store_true", help="smaller work (for tests)")
-    f.set_defaults(fn=_cmd_figures)
+    f.set_defaults(fn=_cmd_figures, _parser=f)
     return p
 
 
@@ -123,10 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     from clas_lens.data import DataError
     from clas_lens.io import ArtifactError
     from clas_lens.model import ModelNotAvailableError
+    from clas_lens.train import TrainingError
 
     try:
         return int(args.fn(args) or 0)
-    except (DataError, ArtifactError, ModelNotAvailableError, ValueError, FileNotFoundError) as err:
+    except (DataError, ArtifactError, ModelNotAvailableError, TrainingError, ValueError,
+            FileNotFoundError) as err:
         print(f"clas-lens {args.command}: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
