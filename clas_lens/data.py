@@ -10,7 +10,9 @@ Example:
 from __future__ import annotations
 
 import csv
+import io
 import json
+import operator
 import os
 import sys
 from dataclasses import dataclass, field
@@ -36,7 +38,9 @@ def _read_text(path: Path) -> str:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:
-        return path.read_text(encoding="utf-8-sig")
+        # bytes, not read_text(): no newline translation, so a "\r" inside a quoted CSV
+        # cell is kept as written
+        return path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not valid UTF-8 ({err})") from err
 
@@ -45,7 +49,10 @@ def read_jsonl(path: str | os.PathLike, required: Sequence[str]) -> list[dict]:
     """Read a JSONL file; every line must be an object holding the ``required`` keys."""
     path = Path(path)
     rows = []
-    for n, line in enumerate(_read_text(path).splitlines(), start=1):
+    # JSON Lines are separated by "\n" only: str.splitlines() would also cut at U+2028,
+    # U+0085, form feeds... which may appear raw inside a JSON string
+    for n, line in enumerate(_read_text(path).split("\n"), start=1):
+        line = line.rstrip("\r")
         if not line.strip():
             continue
         try:
@@ -68,25 +75,65 @@ def read_csv(path: str | os.PathLike, required: Sequence[str]) -> list[dict]:
     path = Path(path)
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     text = _read_text(path)
-    reader = csv.DictReader(text.splitlines(keepends=True))
-    missing = [c for c in required if c not in (reader.fieldnames or [])]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(map(repr, missing))}")
+    # newline="" as the csv module asks: quoted cells may hold any line break, and only
+    # \r, \n end a record (str.splitlines() would also cut at U+2028, U+0085, ...)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = []
     try:
-        rows = [dict(r) for r in reader]
+        header = list(reader.fieldnames or [])
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {', '.join(map(repr, missing))}")
+        dup = sorted({c for c in header if header.count(c) > 1})
+        if dup:
+            raise DataError(f"{path}: duplicate column(s) {', '.join(map(repr, dup))}")
+        for r in reader:
+            if None in r:
+                raise DataError(f"{path}, line {reader.line_num}: more cells than the header "
+                                f"has columns ({len(header)})")
+            short = [c for c in required if r.get(c) is None]
+            if short:
+                raise DataError(f"{path}, line {reader.line_num}: too few cells (no value for "
+                                f"column(s) {', '.join(map(repr, short))})")
+            rows.append(dict(r))
     except csv.Error as err:
-        raise DataError(f"{path}: malformed CSV ({err})") from err
+        raise DataError(f"{path}, line {reader.line_num}: malformed CSV ({err})") from err
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows
 
 
 def _nonempty(value, where: str) -> str:
+    if value is None:
+        raise DataError(f"{where}: missing (empty cell or null)")
     if not isinstance(value, str):
         raise DataError(f"{where}: expected text, got {type(value).__name__}")
     if not value.strip():
         raise DataError(f"{where}: empty")
     return value
+
+
+def _label(value, where: str) -> int:
+    """A 0/1 label from an int, an integral float or the text "0"/"1"; anything else is refused
+    (``int(0.7)`` would silently give 0)."""
+    if isinstance(value, bool):
+        raise DataError(f"{where}: {value!r} is not 0 or 1 (write the number, not a boolean)")
+    if isinstance(value, str):
+        value = value.strip()
+        if value in ("0", "1"):
+            return int(value)
+    elif isinstance(value, int) and value in (0, 1):
+        return int(value)
+    elif isinstance(value, float) and value in (0.0, 1.0):
+        return int(value)
+    else:
+        try:  # numpy / torch integer scalars
+            v = operator.index(value)
+            if v in (0, 1):
+                return int(v)
+        except TypeError:
+            pass
+    raise DataError(f"{where}: {value!r} is not 0 or 1")
 
 
 @dataclass(frozen=True)
@@ -107,7 +154,10 @@ class ContrastSet:
     name: str = ""
 
     def __post_init__(self):
-        prompts, labels = list(self.prompts), [int(x) for x in self.labels]
+        if isinstance(self.prompts, str):
+            raise DataError("ContrastSet: prompts must be a list of strings, not one string")
+        prompts = list(self.prompts)
+        labels = [_label(x, f"ContrastSet label {i}") for i, x in enumerate(self.labels)]
         if not prompts:
             raise DataError("ContrastSet: no prompts")
         if len(prompts) != len(labels):
@@ -164,13 +214,7 @@ class ContrastSet:
         prompts, labels, pairs = [], [], []
         for n, row in enumerate(rows, start=1):
             prompts.append(_nonempty(row["prompt"], f"{path}, {unit} {n}, field 'prompt'"))
-            try:
-                label = int(row["label"])
-            except (TypeError, ValueError):
-                raise DataError(f"{path}, {unit} {n}, field 'label': {row['label']!r} is not 0 or 1")
-            if label not in (0, 1):
-                raise DataError(f"{path}, {unit} {n}, field 'label': {label} is not 0 or 1")
-            labels.append(label)
+            labels.append(_label(row["label"], f"{path}, {unit} {n}, field 'label'"))
             pairs.append(row.get("pair"))
         if any(p in (None, "") for p in pairs):
             pair_ids = None
@@ -208,6 +252,9 @@ class SteerSet:
     rows: list[dict] | None = field(default=None, repr=False)
 
     def __post_init__(self):
+        for what in ("prompts", "completions", "splits"):
+            if isinstance(getattr(self, what), str):
+                raise DataError(f"SteerSet: {what} must be a list of strings, not one string")
         n = len(self.prompts)
         if n == 0:
             raise DataError("SteerSet: no pairs")
@@ -298,6 +345,7 @@ class SteerSet:
             prompts.append(_nonempty(row["x"], f"{where}, column 'x'"))
             y = (row["y"] or "").replace(LLAMA_EOT, "").rstrip()
             completions.append(_nonempty(y, f"{where}, column 'y'"))
+            _nonempty(row["base_input"], f"{where}, column 'base_input'")
             for col in ("base_template", "steer_template"):
                 if "{prompt}" not in (row[col] or ""):
                     raise DataError(f"{where}, column {col!r}: no '{{prompt}}' field")
@@ -315,7 +363,7 @@ class SteerSet:
         for n, row in enumerate(rows, start=1):
             prompts.append(_nonempty(row["prompt"], f"{path}, line {n}, field 'prompt'"))
             completions.append(_nonempty(row["completion"], f"{path}, line {n}, field 'completion'"))
-            if row["split"] not in SPLITS:
+            if not isinstance(row["split"], str) or row["split"] not in SPLITS:
                 raise DataError(f"{path}, line {n}, field 'split': {row['split']!r} not in {SPLITS}")
             splits.append(row["split"])
         return cls(prompts, completions, splits, name if name is not None else path.parent.name, rows)

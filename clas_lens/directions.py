@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import operator
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -25,8 +26,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from clas_lens.data import ContrastSet
-from clas_lens.io import check_finite, check_model_matches, load_artifact, save_artifact
-from clas_lens.model import chat_ids, check_length, left_pad, model_device, model_info, pad_id
+from clas_lens.io import (
+    ArtifactError, check_finite, check_model_matches, load_artifact, save_artifact,
+)
+from clas_lens.model import chat_ids, fit_context, left_pad, model_device, model_info, pad_id
 
 
 def resid_hook(layer: int) -> str:
@@ -34,12 +37,29 @@ def resid_hook(layer: int) -> str:
     return f"blocks.{layer}.hook_resid_post"
 
 
-def check_layers(model, layers: Sequence[int] | None) -> list[int]:
-    """Validate a layer list against the model (``None`` = all layers)."""
-    n = int(model.cfg.n_layers)
+def validate_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
+    """Validate a layer list for a model with ``n_layers`` layers (``None`` = all layers).
+
+    Returns the layers sorted. Raises ``TypeError`` for a non-integer (``1.5``, ``True``,
+    a string) and ``ValueError`` for an empty list, a layer out of range or a duplicate.
+    """
+    n = int(n_layers)
     if layers is None:
         return list(range(n))
-    layers = [int(x) for x in layers]
+    if isinstance(layers, (str, bytes)):
+        raise TypeError(f"layers must be a list of integers, got the string {layers!r}")
+    try:
+        layers = list(layers)
+    except TypeError:
+        raise TypeError(f"layers must be a list of integers, got {type(layers).__name__}") from None
+    for x in layers:
+        if isinstance(x, bool):
+            raise TypeError(f"layer {x!r} is not an integer")
+        try:
+            operator.index(x)
+        except TypeError:
+            raise TypeError(f"layer {x!r} is not an integer") from None
+    layers = [operator.index(x) for x in layers]
     if not layers:
         raise ValueError("layers is empty")
     bad = [x for x in layers if not 0 <= x < n]
@@ -50,10 +70,17 @@ def check_layers(model, layers: Sequence[int] | None) -> list[int]:
     return sorted(layers)
 
 
+def check_layers(model, layers: Sequence[int] | None) -> list[int]:
+    """Validate a layer list against the model (``None`` = all layers); see
+    :func:`validate_layers`."""
+    return validate_layers(layers, int(model.cfg.n_layers))
+
+
 @torch.inference_mode()
 def resid_activations(
     model, prompts: Sequence[str], layers: Sequence[int] | None = None, *,
     position: str = "last", batch_size: int = 16, chat: bool = True, progress: bool = False,
+    truncate: bool = False,
 ) -> Float[Tensor, "n layer d_model"]:
     """Residual stream (``blocks.{l}.hook_resid_post``) of each prompt, one pass per batch.
 
@@ -66,18 +93,32 @@ def resid_activations(
         batch_size: prompts per forward pass (left padded).
         chat: apply the chat template.
         progress: show a progress bar.
+        truncate: keep only the last tokens of a prompt longer than the model's context
+            (and its BOS token); without it such a prompt is an error.
 
     Returns:
         float32 activations ``[n_prompts, n_layers_read, d_model]``.
+
+    Raises:
+        ValueError: no prompts, a prompt longer than the context (unless ``truncate``),
+            an unknown position, bad layers or batch size.
+        TypeError: a prompt that is not a string.
     """
     if position not in ("last", "mean"):
         raise ValueError(f"unknown position {position!r}; choose 'last' or 'mean'")
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = list(prompts)
     if len(prompts) == 0:
         raise ValueError("no prompts given")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     layers = check_layers(model, layers)
-    seqs = [chat_ids(model, p, chat=chat) for p in prompts]
-    for i, s in enumerate(seqs):
-        check_length(model, len(s), f"prompt {i}")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise TypeError(f"prompt {i} is a {type(p).__name__}, not a str")
+    seqs = [fit_context(model, chat_ids(model, p, chat=chat), f"prompt {i}", truncate=truncate)
+            for i, p in enumerate(prompts)]
     names = {resid_hook(l): j for j, l in enumerate(layers)}
     out = torch.empty(len(seqs), len(layers), int(model.cfg.d_model))
     device = model_device(model)
@@ -288,11 +329,23 @@ class Directions:
         self.vectors = torch.as_tensor(self.vectors, dtype=torch.float32)
         self.accuracy = torch.as_tensor(self.accuracy, dtype=torch.float32)
         self.layers = [int(x) for x in self.layers]
+        self.n_layers, self.d_model = int(self.n_layers), int(self.d_model)
         if self.vectors.ndim != 2 or self.vectors.shape[0] != len(self.layers):
             raise ValueError(f"vectors must be [len(layers), d_model], got {tuple(self.vectors.shape)}")
         if self.vectors.shape[1] != self.d_model:
             raise ValueError(f"vectors have width {self.vectors.shape[1]}, d_model is {self.d_model}")
+        if self.accuracy.shape != (len(self.layers),):
+            raise ValueError(f"accuracy must be [len(layers)] = [{len(self.layers)}], "
+                             f"got {tuple(self.accuracy.shape)}")
+        bad = [x for x in self.layers if not 0 <= x < self.n_layers]
+        if bad:
+            raise ValueError(f"Directions: layers {bad} out of range 0..{self.n_layers - 1}")
+        if len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"Directions: layers {self.layers} has duplicates")
         check_finite({"vectors": self.vectors}, "Directions")
+        zero = [l for l, v in zip(self.layers, self.vectors) if float(v.norm()) == 0.0]
+        if zero:
+            raise ValueError(f"Directions: the vector of layer(s) {zero} is zero")
 
     @property
     def hook_names(self) -> list[str]:
@@ -320,10 +373,21 @@ class Directions:
     def load(cls, path: str | os.PathLike, model=None) -> "Directions":
         """Load a saved artifact; with ``model`` given, refuse one made for another model."""
         t, cfg = load_artifact(path, kind="directions")
+        missing = [k for k in ("layers", "method", "model_name", "n_layers", "d_model")
+                   if k not in cfg] + [k for k in ("vectors", "accuracy") if k not in t]
+        if missing:
+            raise ArtifactError(f"directions {path}: missing {', '.join(map(repr, missing))}")
+        if "hook_names" in cfg and cfg["hook_names"] != [resid_hook(int(l)) for l in cfg["layers"]]:
+            raise ArtifactError(f"directions {path}: hook_names {cfg['hook_names']} do not match "
+                                f"layers {cfg['layers']}")
         if model is not None:
             check_model_matches(cfg, model, f"directions {path}")
-        return cls(t["vectors"], t["accuracy"], cfg["layers"], cfg["method"], cfg["model_name"],
-                   cfg["n_layers"], cfg["d_model"], cfg.get("concept", ""), cfg.get("meta", {}))
+        try:
+            return cls(t["vectors"], t["accuracy"], cfg["layers"], cfg["method"],
+                       cfg["model_name"], cfg["n_layers"], cfg["d_model"],
+                       cfg.get("concept", ""), cfg.get("meta", {}))
+        except (TypeError, ValueError) as err:
+            raise ArtifactError(f"directions {path}: {err}") from err
 
     def check_model(self, model) -> None:
         """Refuse a model other than the one the directions were read from."""
@@ -334,7 +398,7 @@ class Directions:
 def fit_directions(
     model, contrast: ContrastSet, method: str = "rfm", layers: Sequence[int] | None = None,
     position: str = "last", *, holdout: float = 0.25, seed: int = 0, batch_size: int = 16,
-    progress: bool = True, activations: Tensor | None = None,
+    progress: bool = True, activations: Tensor | None = None, truncate: bool = False,
 ) -> Directions:
     """Fit one probe direction per layer from a contrast set.
 
@@ -353,18 +417,37 @@ def fit_directions(
         batch_size: prompts per forward pass.
         progress: show progress bars.
         activations: precomputed ``[n, len(layers), d_model]`` activations (skips the model pass).
+        truncate: keep only the last tokens of prompts longer than the context
+            (see :func:`resid_activations`); without it such a prompt is an error.
 
     Returns:
         A :class:`Directions` artifact.
+
+    Raises:
+        ValueError: unknown method or position, bad layers or holdout, a class with
+            fewer than 2 examples, activations of the wrong shape or non-finite.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    if position not in ("last", "mean"):
+        raise ValueError(f"unknown position {position!r}; choose 'last' or 'mean'")
     if not isinstance(contrast, ContrastSet):
         raise TypeError("contrast must be a ContrastSet")
+    if not 0.0 < float(holdout) < 1.0:
+        raise ValueError(f"holdout must be between 0 and 1 (exclusive), got {holdout!r}")
     layers = check_layers(model, layers)
     if activations is None:
         activations = resid_activations(model, contrast.prompts, layers, position=position,
-                                        batch_size=batch_size, progress=progress)
+                                        batch_size=batch_size, progress=progress,
+                                        truncate=truncate)
+    else:
+        activations = torch.as_tensor(activations)
+        want = (len(contrast), len(layers), int(model.cfg.d_model))
+        if tuple(activations.shape) != want:
+            raise ValueError(f"activations must be [n_prompts, n_layers, d_model] = {list(want)}, "
+                             f"got {list(activations.shape)}")
+        if not torch.isfinite(activations).all():
+            raise ValueError("activations contain NaN or infinite values")
     y = np.asarray(contrast.labels)
     fit, test = _split(contrast.labels, contrast.pair_ids, holdout, seed)
     pairs_fit = None if contrast.pair_ids is None else [contrast.pair_ids[i] for i in fit]
@@ -379,5 +462,5 @@ def fit_directions(
         torch.stack(vecs), torch.tensor(accs), layers, method, info["model_name"],
         info["n_layers"], info["d_model"], contrast.name,
         {"position": position, "seed": seed, "holdout": holdout, "n_fit": len(fit),
-         "n_heldout": len(test)},
+         "n_heldout": len(test), "truncate": truncate},
     )

@@ -4,8 +4,12 @@ An artifact is a folder holding ``cfg.json`` and ``weights-<sha256>.safetensors`
 The weights are written first under a content-addressed name, then ``cfg.json``
 (which names the weights file and its hash) replaces the old one atomically, and
 only then are older weights removed. A crash at any moment therefore leaves the
-previous artifact or the new one, never a mixture. Loading checks the hash, so a
-truncated or tampered file is refused. Only safetensors is read: no pickle.
+previous artifact or the new one, never a mixture. Loading checks the hashes
+(of the weights, and of ``cfg.json`` itself through ``cfg_sha256``), so a truncated
+or tampered file is refused (an artifact without ``cfg_sha256``, from an older
+version or deliberately edited by hand, loads with the weights check only). Only
+safetensors is read: no pickle. Every artifact records the versions of Python,
+torch, TransformerLens and clas_lens.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import tempfile
 from pathlib import Path
 
@@ -40,7 +45,18 @@ def versions() -> dict:
         tl = version("transformer-lens")
     except Exception:  # pragma: no cover - editable installs without metadata
         tl = getattr(transformer_lens, "__version__", "unknown")
-    return {"clas_lens": __version__, "transformer_lens": tl, "torch": torch.__version__}
+    return {"clas_lens": __version__, "transformer_lens": tl, "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+CFG_HASH_KEY = "cfg_sha256"
+
+
+def cfg_digest(cfg: dict) -> str:
+    """SHA-256 of a config's canonical JSON, leaving out its own ``cfg_sha256`` entry."""
+    body = {k: v for k, v in cfg.items() if k != CFG_HASH_KEY}
+    text = json.dumps(body, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -85,7 +101,11 @@ def save_artifact(path: str | os.PathLike, tensors: dict[str, torch.Tensor], cfg
     full_cfg.setdefault("versions", versions())
     full_cfg["weights_file"] = weights
     full_cfg["weights_sha256"] = digest
-    text = json.dumps(full_cfg, indent=2, sort_keys=True, default=str)
+    full_cfg.pop(CFG_HASH_KEY, None)
+    # round trip through JSON first, so the hash covers exactly what a load will read
+    full_cfg = json.loads(json.dumps(full_cfg, default=str, allow_nan=True))
+    full_cfg[CFG_HASH_KEY] = cfg_digest(full_cfg)
+    text = json.dumps(full_cfg, indent=2, sort_keys=True)
     atomic_write_bytes(folder / weights, data)
     atomic_write_text(folder / CFG_NAME, text + "\n")
     for old in folder.glob("weights-*.safetensors"):
@@ -108,14 +128,20 @@ def load_artifact(path: str | os.PathLike, *, kind: str | None = None) -> tuple[
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{cfg_path} is not valid JSON: {err}") from err
+        raise ArtifactError(f"{cfg_path} is not valid JSON (truncated or modified?): {err}") from err
     if not isinstance(cfg, dict) or "weights_file" not in cfg:
         raise ArtifactError(f"{cfg_path} does not name a weights file")
+    if CFG_HASH_KEY in cfg and cfg[CFG_HASH_KEY] != cfg_digest(cfg):
+        raise ArtifactError(
+            f"{cfg_path} does not match its recorded {CFG_HASH_KEY}: it was modified after "
+            f"saving (to accept a deliberate edit, delete its {CFG_HASH_KEY!r} entry)"
+        )
     if kind is not None and cfg.get("kind") != kind:
         raise ArtifactError(f"{folder} holds a {cfg.get('kind')!r}, expected a {kind!r}")
     weights_path = folder / str(cfg["weights_file"])
-    if weights_path.parent != folder:
-        raise ArtifactError(f"{cfg_path}: weights file must be inside the artifact folder")
+    if weights_path.parent != folder or not weights_path.name.endswith(".safetensors"):
+        raise ArtifactError(f"{cfg_path}: the weights file must be a .safetensors file inside "
+                            "the artifact folder")
     if not weights_path.is_file():
         raise ArtifactError(f"{weights_path} is missing")
     data = weights_path.read_bytes()
@@ -144,4 +170,12 @@ def check_model_matches(cfg: dict, model, what: str) -> None:
             raise ArtifactError(
                 f"{what} was made for a model with {key}={cfg[key]!r}, "
                 f"but this model has {key}={info[key]!r}"
+            )
+    hook_dict = getattr(model, "hook_dict", None)
+    names = cfg.get("hook_names")
+    if hook_dict is not None and isinstance(names, list):
+        unknown = [n for n in names if n not in hook_dict]
+        if unknown:
+            raise ArtifactError(
+                f"{what} uses hook point(s) {unknown} that this model does not have"
             )

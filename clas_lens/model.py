@@ -186,10 +186,26 @@ def end_of_turn_id(model) -> int:
     return int(tok.eos_token_id)
 
 
+def check_text(text: str, what: str) -> None:
+    """Refuse text that is not valid Unicode (lone surrogates cannot be tokenised)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(
+            f"{what} is not valid Unicode text: character {err.start} is a lone surrogate "
+            f"{text[err.start]!r}"
+        ) from None
+
+
 def chat_text(model, prompt: str, *, system: str | None = None, chat: bool = True) -> str:
     """The prompt as the model sees it: chat template applied, generation prompt added."""
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+    check_text(prompt, "prompt")
+    if system is not None:
+        if not isinstance(system, str):
+            raise TypeError(f"system must be a str, got {type(system).__name__}")
+        check_text(system, "system prompt")
     tok = model.tokenizer
     if not chat or not getattr(tok, "chat_template", None):
         return prompt
@@ -223,6 +239,7 @@ def completion_ids(model, completion: str, *, end_of_turn: bool = True) -> list[
     """Token ids of a target completion, followed by the model's end-of-turn token."""
     if not isinstance(completion, str):
         raise TypeError(f"completion must be a str, got {type(completion).__name__}")
+    check_text(completion, "completion")
     ids = model.tokenizer.encode(completion, add_special_tokens=False)
     return ids + [end_of_turn_id(model)] if end_of_turn else ids
 
@@ -264,3 +281,27 @@ def check_length(model, n_tokens: int, where: str) -> None:
             f"{where} is {n_tokens} tokens long, more than the model's context of {limit}; "
             "shorten it or pass truncate=True where supported"
         )
+
+
+def fit_context(model, ids: list[int], where: str, *, truncate: bool = False,
+                reserve: int = 0) -> list[int]:
+    """Return ``ids`` if they fit the context (less ``reserve`` positions), else refuse or truncate.
+
+    With ``truncate=True`` a too-long sequence keeps its last tokens (the end of the
+    prompt and, for chat prompts, the assistant header) and its first token when that
+    is the BOS token; otherwise a ``ValueError`` names ``where`` and both lengths.
+    """
+    limit = context_length(model) - int(reserve)
+    if limit < 1:
+        raise ValueError(
+            f"{where}: reserving {reserve} positions leaves no room in the model's context "
+            f"of {context_length(model)}"
+        )
+    if len(ids) <= limit:
+        return list(ids)
+    if not truncate:
+        check_length(model, len(ids) + int(reserve), where)
+    bos = model.tokenizer.bos_token_id
+    if bos is not None and ids and ids[0] == bos and limit > 1:
+        return [ids[0]] + list(ids[len(ids) - (limit - 1):])
+    return list(ids[len(ids) - limit:])
