@@ -27,6 +27,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 CFG_NAME = "cfg.json"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class ArtifactError(ValueError):
@@ -69,6 +71,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
