@@ -39,7 +39,11 @@ from clas_lens.model import model_info
 
 
 class Recorder:
-    """Collects strengths ``[batch, pos, r]`` and projections per steered layer, per call."""
+    """Collects strengths ``[batch, pos, r]`` and projections per steered layer, per call.
+
+    Entries stay on the model's device while recording (no device-to-host copy, hence
+    no synchronisation, inside the hooks); :meth:`stacked` returns them on the CPU.
+    """
 
     def __init__(self):
         self.strengths: dict[int, list[Tensor]] = {}
@@ -47,9 +51,9 @@ class Recorder:
 
     def add(self, j: int, strength: Tensor | None, projection: Tensor | None) -> None:
         if strength is not None:
-            self.strengths.setdefault(j, []).append(strength.detach().float().cpu())
+            self.strengths.setdefault(j, []).append(strength.detach().float())
         if projection is not None:
-            self.projections.setdefault(j, []).append(projection.detach().float().cpu())
+            self.projections.setdefault(j, []).append(projection.detach().float())
 
     def clear(self) -> None:
         self.strengths.clear()
@@ -61,7 +65,7 @@ class Recorder:
         if not store:
             return None
         per_layer = [torch.cat(store[j], dim=1) for j in sorted(store)]
-        return torch.stack(per_layer, dim=2)
+        return torch.stack(per_layer, dim=2).cpu()
 
 
 _APPLIED: set[tuple[int, int]] = set()

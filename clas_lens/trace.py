@@ -140,9 +140,10 @@ def _generate_batch(model, steerer, seqs, *, max_new_tokens, do_sample, temperat
             tok = _choose(nxt, do_sample, temperature, top_k, gen)
             tok = torch.where(finished, torch.full_like(tok, pad), tok)
             live = (~finished).long()
+            done, toks = finished.tolist(), tok.tolist()  # one host copy each, not one per row
             for i in range(B):
-                if not finished[i]:
-                    running[i].append(int(tok[i]))
+                if not done[i]:
+                    running[i].append(toks[i])
             finished = finished | torch.isin(tok, eos_ids)
             am = torch.cat([am, live.unsqueeze(1)], dim=1)
             full = torch.cat([full, tok.unsqueeze(1)], dim=1)

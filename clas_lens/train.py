@@ -78,13 +78,45 @@ def _collate(encoded, pad: int, device):
     return ids.to(device), mask.to(device), labels.to(device)
 
 
+class _TokenCE(torch.autograd.Function):
+    """Per-token cross-entropy ``logsumexp(x) - x[target]`` over the last dim of ``x``.
+
+    Used when gradients are needed. Same values as ``F.cross_entropy`` up to float
+    rounding, but it saves only a reference to the logits instead of a log-softmax
+    copy, and writes the input gradient into one buffer: the peak memory of a training
+    step is one logit-sized tensor lower (236 MB for 4 x 300 tokens of a 49k
+    vocabulary). Ignored targets (``-100``) give 0.
+    """
+
+    @staticmethod
+    def forward(ctx, x, tgt):
+        valid = tgt != -100
+        safe = torch.where(valid, tgt, torch.zeros_like(tgt)).unsqueeze(-1)
+        lse = torch.logsumexp(x, -1)
+        ce = torch.where(valid, lse - x.gather(-1, safe).squeeze(-1), torch.zeros_like(lse))
+        ctx.save_for_backward(x, lse, safe, valid)
+        return ce
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, lse, safe, valid = ctx.saved_tensors
+        g = torch.where(valid, grad, torch.zeros_like(grad)).unsqueeze(-1)
+        out = torch.sub(x, lse.unsqueeze(-1))
+        out.exp_().mul_(g)
+        out.scatter_add_(-1, safe, -g)
+        return out, None
+
+
 def _nll_sums(model, encoded, pad, device):
     """Per-example summed completion NLL and token counts for one micro-batch."""
     ids, mask, labels = _collate(encoded, pad, device)
     logits = model(ids, attention_mask=mask)
     tgt = labels[:, 1:]
-    ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), tgt, ignore_index=-100,
-                         reduction="none")
+    if torch.is_grad_enabled() and logits.requires_grad:
+        ce = _TokenCE.apply(logits[:, :-1].float(), tgt)
+    else:
+        ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), tgt, ignore_index=-100,
+                             reduction="none")
     valid = (tgt != -100)
     return (ce * valid).sum(1), valid.sum(1)
 

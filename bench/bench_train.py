@@ -1,0 +1,89 @@
+"""One CLAS training step / a plain forward+backward on the same tokens.
+
+CLAS step: ``train(model, steerer, pairs, epochs=1)`` with the default
+``micro_batch_size=4`` and full batch, i.e. exactly one optimiser step (tokenising,
+micro-batched forward+backward with the CLAS hooks on all layers, AdamW step,
+bookkeeping). Baseline: the same micro-batches (same token ids, mask and labels),
+the same loss code, a forward+backward where the only trainable tensors are one
+vector ``u_l`` per layer added at ``hook_resid_post`` (``h + u_l``); no optimiser.
+
+Also checks that the model's weights never require or receive a gradient: a probe
+hook records ``requires_grad`` of every weight during the training forward, and
+every weight's ``.grad`` is checked to be ``None`` afterwards.
+"""
+
+from __future__ import annotations
+
+import common as C  # noqa: I001
+import torch
+
+from clas_lens.directions import resid_hook
+from clas_lens.model import model_device, pad_id
+from clas_lens.train import _nll_sums, encode_pairs
+
+
+def run(args, model=None) -> dict:
+    n, tokens = (2, 32) if args.quick else (4, 128)
+    reps = args.reps or (2 if args.quick else 5)
+    micro = 4
+    model = model or C.get_model(args.dtype)
+    st = C.clas_steerer(model)
+    pairs = C.long_pairs(n, tokens, model)
+    enc = encode_pairs(model, pairs)
+    pad, device = pad_id(model), model_device(model)
+    n_tok = sum(len(s) - k for s, k in enc)
+    L = int(model.cfg.n_layers)
+    u = [torch.zeros(int(model.cfg.d_model), requires_grad=True) for _ in range(L)]
+    weights = list(model.parameters())
+    seen = {"forwards": 0, "weights_requiring_grad": 0, "grad_enabled": False}
+
+    def probe(h, hook=None):
+        seen["forwards"] += 1
+        seen["grad_enabled"] |= torch.is_grad_enabled()
+        seen["weights_requiring_grad"] = max(seen["weights_requiring_grad"],
+                                             sum(p.requires_grad for p in weights))
+        return h
+
+    def clas_step():
+        with model.hooks(fwd_hooks=[(resid_hook(L - 1), probe)]):
+            C.cl.train(model, st, pairs, None, epochs=1, micro_batch_size=micro, progress=False)
+
+    def make_add(j):
+        return lambda h, hook=None: h + u[j]
+
+    base_hooks = [(resid_hook(j), make_add(j)) for j in range(L)]
+
+    def baseline():
+        for t in u:
+            t.grad = None
+        with model.hooks(fwd_hooks=base_hooks):
+            for m in range(0, len(enc), micro):
+                sums, _ = _nll_sums(model, enc[m:m + micro], pad, device)
+                (sums.sum() / n_tok).backward()
+
+    with C.PeakRSS() as mon:
+        t = C.interleave({"baseline": baseline, "clas": clas_step}, reps)
+    r = C.ratio(t, "clas", "baseline")
+    return {
+        "train_step_ratio": r["value"], "train_step_ratio_wall": r["wall"],
+        "train_step_ratio_cpu": r["cpu"],
+        "baseline_fwd_bwd_s_wall": C.med(t["baseline"]["wall"]),
+        "baseline_fwd_bwd_s_cpu": C.med(t["baseline"]["cpu"]),
+        "n_examples": n, "tokens_per_example": tokens, "completion_tokens": n_tok,
+        "micro_batch_size": micro, "reps": reps,
+        "weights_requiring_grad_in_training": seen["weights_requiring_grad"],
+        "weight_grads_allocated": sum(p.grad is not None for p in weights),
+        "training_forwards_probed": seen["forwards"], "dtype": args.dtype,
+        "peak_rss_mb": round(mon.peak, 1), "rss_before_mb": round(mon.start, 1),
+        "rounds": r,
+    }
+
+
+def main(argv=None):
+    args = C.parser(__doc__.splitlines()[0]).parse_args(argv)
+    C.setup_clock(args)
+    return C.emit("train_step", run(args), args.json)
+
+
+if __name__ == "__main__":
+    main()
