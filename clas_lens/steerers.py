@@ -33,8 +33,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from clas_lens.directions import Directions, resid_hook
-from clas_lens.io import ArtifactError, check_model_matches, load_artifact, save_artifact
+from clas_lens.directions import Directions, resid_hook, validate_layers
+from clas_lens.io import (
+    ArtifactError, check_finite, check_model_matches, load_artifact, save_artifact,
+)
 from clas_lens.model import model_info
 
 
@@ -130,6 +132,7 @@ class Steerer(nn.Module):
             recorder: collects strengths and projections of every forward pass.
         """
         self.check_model(model)
+        check_finite(dict(self.state_dict()), f"applying this {type(self).__name__}")
         key = (id(self), id(model))
         if key in _APPLIED:
             raise RuntimeError(f"this {type(self).__name__} is already applied to this model")
@@ -169,10 +172,10 @@ def _stack_directions(directions, layers) -> tuple[Tensor, dict, list[dict]]:
             raise ValueError(f"directions come from different models: {info} vs {other}")
     if layers is None:
         layers = sorted(set.intersection(*[set(d.layers) for d in dlist]))
-    layers = [int(x) for x in layers]
+        if not layers:
+            raise ValueError("the directions given share no layer")
+    layers = validate_layers(layers, info["n_layers"])
     for l in layers:
-        if not 0 <= l < info["n_layers"]:
-            raise ValueError(f"layer {l} out of range 0..{info['n_layers'] - 1}")
         for d in dlist:
             if l not in d.layers:
                 raise ValueError(f"directions {d.concept or d.method!r} have no layer {l}")
@@ -255,6 +258,7 @@ class ReFTSteerer(CLASSteerer):
     def __init__(self, model, layers: Sequence[int] | None = None, rank: int = 1, seed: int = 0):
         info = model_info(model)
         layers = _check_layers(layers, info["n_layers"])
+        rank = _check_rank(rank)
         Steerer.__init__(self, layers, info)
         self._init(rank, info["d_model"])
         gen = torch.Generator().manual_seed(seed)
@@ -340,6 +344,8 @@ class LASSteerer(LayerwiseLASSteerer):
 
     def set(self, c: float) -> "LASSteerer":
         """Set the shared coefficient."""
+        if not math.isfinite(float(c)):
+            raise ValueError(f"the LAS coefficient must be finite, got {c}")
         with torch.no_grad():
             self.c.fill_(float(c))
         return self
@@ -365,6 +371,9 @@ class LoRASteerer(Steerer):
         if d_mlp <= 0:
             raise ValueError("the model config has no d_mlp")
         layers = _check_layers(layers, info["n_layers"])
+        rank = _check_rank(rank)
+        if not math.isfinite(lora_alpha):
+            raise ValueError(f"lora_alpha must be finite, got {lora_alpha}")
         super().__init__(layers, info)
         self._init(rank, d_mlp)
         gen = torch.Generator().manual_seed(seed)
@@ -417,18 +426,19 @@ def _info(cfg: dict) -> dict:
 
 
 def _check_layers(layers, n_layers: int) -> list[int]:
-    if layers is None:
-        return list(range(n_layers))
-    layers = [int(x) for x in layers]
-    bad = [x for x in layers if not 0 <= x < n_layers]
-    if not layers or bad:
-        raise ValueError(f"layers {layers} invalid: the model has layers 0..{n_layers - 1}")
-    return layers
+    return validate_layers(layers, n_layers)
+
+
+def _check_rank(rank) -> int:
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"rank must be an integer >= 1, got {rank!r}")
+    return rank
 
 
 def _layers_of(directions, layers) -> list[int]:
     if layers is not None:
-        return [int(x) for x in layers]
+        dlist = [directions] if isinstance(directions, Directions) else list(directions)
+        return validate_layers(layers, dlist[0].n_layers)
     dlist = [directions] if isinstance(directions, Directions) else list(directions)
     return sorted(set.intersection(*[set(d.layers) for d in dlist]))
 

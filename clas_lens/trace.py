@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -22,7 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from clas_lens.model import (
-    chat_ids, check_length, completion_ids, context_length, end_of_turn_id, left_pad,
+    chat_ids, completion_ids, context_length, end_of_turn_id, fit_context, left_pad,
     model_device, pad_id,
 )
 from clas_lens.steerers import Recorder, Steerer
@@ -74,6 +75,11 @@ class GenerationResult:
         pos = torch.arange(self.mask.shape[1])
         starts = torch.tensor(self.prompt_lengths).unsqueeze(1)
         return self.mask & (pos.unsqueeze(0) >= starts)
+
+
+def _check_batch_size(batch_size) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
 def _check_prompts(prompts) -> list[str]:
@@ -198,7 +204,7 @@ def generate(
     do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
     repetition_penalty: float | None = None, batch_size: int = 8, scale: float = 1.0,
     use_cache: bool = True, seed: int = 0, system: str | None = None, chat: bool = True,
-    stop_at_eos: bool = True, progress: bool = True,
+    stop_at_eos: bool = True, progress: bool = True, truncate: bool = False,
 ) -> GenerationResult:
     """Generate with (or without) steering and record the strength of every token.
 
@@ -219,6 +225,8 @@ def generate(
         chat: apply the chat template.
         stop_at_eos: stop an example at its end-of-turn/EOS token.
         progress: show a progress bar over batches.
+        truncate: keep the end of a prompt too long for the context (with its BOS)
+            instead of raising ``ValueError``.
 
     Returns:
         A :class:`GenerationResult`.
@@ -226,13 +234,21 @@ def generate(
     prompts = _check_prompts(prompts)
     if max_new_tokens < 0:
         raise ValueError("max_new_tokens must be >= 0")
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
+    _check_batch_size(batch_size)
+    if do_sample and not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+    vocab = len(model.tokenizer)
+    if top_k is not None and not 1 <= top_k <= vocab:
+        raise ValueError(f"top_k must be between 1 and the vocabulary size {vocab}, got {top_k}")
+    if repetition_penalty is not None and not (repetition_penalty > 0
+                                               and math.isfinite(repetition_penalty)):
+        raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
     if steerer is not None:
         steerer.check_model(model)
-    seqs = [chat_ids(model, p, system=system, chat=chat) for p in prompts]
-    for i, s in enumerate(seqs):
-        check_length(model, len(s) + max_new_tokens, f"prompt {i} plus max_new_tokens")
+    seqs = [fit_context(model, chat_ids(model, p, system=system, chat=chat),
+                        f"prompt {i} plus max_new_tokens", truncate=truncate,
+                        reserve=max_new_tokens)
+            for i, p in enumerate(prompts)]
     device = model_device(model)
     eos = {end_of_turn_id(model)}
     if model.tokenizer.eos_token_id is not None:
@@ -254,7 +270,7 @@ def generate(
 def trace(
     model, steerer: Steerer | None, prompts: str | Sequence[str],
     completions: Sequence[str] | None = None, *, batch_size: int = 8, scale: float = 1.0,
-    system: str | None = None, chat: bool = True,
+    system: str | None = None, chat: bool = True, truncate: bool = False,
 ) -> GenerationResult:
     """Teacher-forced pass: strengths over prompt (and given completion) tokens.
 
@@ -265,19 +281,21 @@ def trace(
         completions: optional target completions appended after the chat prompt
             (with the model's end-of-turn token).
         batch_size, scale, system, chat: as in :func:`generate`.
+        truncate: keep the end of a prompt too long for the context instead of raising.
     """
     prompts = _check_prompts(prompts)
+    _check_batch_size(batch_size)
     if completions is not None and len(completions) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
     if steerer is not None:
         steerer.check_model(model)
     seqs, plens = [], []
     for i, p in enumerate(prompts):
-        s = chat_ids(model, p, system=system, chat=chat)
+        tail = completion_ids(model, completions[i]) if completions is not None else []
+        s = fit_context(model, chat_ids(model, p, system=system, chat=chat), f"example {i}",
+                        truncate=truncate, reserve=len(tail))
         plens.append(len(s))
-        if completions is not None:
-            s = s + completion_ids(model, completions[i])
-        check_length(model, len(s), f"example {i}")
+        s = s + tail
         seqs.append(s)
     rows = []
     device = model_device(model)

@@ -27,7 +27,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from clas_lens.data import SteerSet
-from clas_lens.model import chat_ids, check_length, completion_ids, model_device, pad_id
+from clas_lens.model import (
+    chat_ids, check_length, completion_ids, fit_context, model_device, pad_id,
+)
 from clas_lens.steerers import LASSteerer, Steerer
 
 
@@ -48,11 +50,12 @@ def as_pairs(data) -> list[tuple[str, str]]:
     return pairs
 
 
-def encode_pairs(model, pairs, *, chat: bool = True, max_completion_tokens: int | None = None
-                 ) -> list[tuple[list[int], int]]:
+def encode_pairs(model, pairs, *, chat: bool = True, max_completion_tokens: int | None = None,
+                 truncate: bool = False) -> list[tuple[list[int], int]]:
     """Token ids ``prompt + completion + end-of-turn`` and the prompt length, per pair.
 
-    ``max_completion_tokens`` truncates long targets (the end-of-turn token is then dropped).
+    ``max_completion_tokens`` truncates long targets (the end-of-turn token is then dropped);
+    ``truncate=True`` keeps the end of a prompt too long for the context instead of raising.
     """
     out = []
     for i, (p, c) in enumerate(as_pairs(pairs)):
@@ -60,7 +63,10 @@ def encode_pairs(model, pairs, *, chat: bool = True, max_completion_tokens: int 
         cids = completion_ids(model, c)
         if max_completion_tokens is not None and len(cids) > max_completion_tokens:
             cids = cids[:max_completion_tokens]
-        check_length(model, len(pids) + len(cids), f"pair {i}")
+        if truncate:
+            pids = fit_context(model, pids, f"pair {i}", truncate=True, reserve=len(cids))
+        else:
+            check_length(model, len(pids) + len(cids), f"pair {i}")
         out.append((pids + cids, len(pids)))
     return out
 
@@ -123,13 +129,16 @@ def _nll_sums(model, encoded, pad, device):
 
 def completion_nll(model, steerer: Steerer | None, pairs, *, batch_size: int = 8,
                    scale: float = 1.0, per_example: bool = False,
-                   max_completion_tokens: int | None = None):
+                   max_completion_tokens: int | None = None, truncate: bool = False):
     """Mean per-token cross-entropy of the completions given the prompts.
 
     Returns the token-weighted mean over all pairs, or with ``per_example=True`` a
     tensor of per-pair means.
     """
-    encoded = encode_pairs(model, pairs, max_completion_tokens=max_completion_tokens)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    encoded = encode_pairs(model, pairs, max_completion_tokens=max_completion_tokens,
+                           truncate=truncate)
     device = model_device(model)
     sums, counts = [], []
     ctx = steerer.apply(model, scale=scale) if steerer is not None else nullcontext()
@@ -181,19 +190,26 @@ def _groups(steerer: Steerer, lr) -> list[dict]:
     if lr is None:
         return groups
     if isinstance(lr, (int, float)):
-        return [{**g, "lr": float(lr)} for g in groups]
-    unknown = set(lr) - {g["name"] for g in groups}
-    if unknown:
-        raise ValueError(f"lr has unknown group(s) {sorted(unknown)}; "
-                         f"this steerer has {[g['name'] for g in groups]}")
-    return [{**g, "lr": float(lr.get(g["name"], g["lr"]))} for g in groups]
+        groups = [{**g, "lr": float(lr)} for g in groups]
+    else:
+        unknown = set(lr) - {g["name"] for g in groups}
+        if unknown:
+            raise ValueError(f"lr has unknown group(s) {sorted(unknown)}; "
+                             f"this steerer has {[g['name'] for g in groups]}")
+        groups = [{**g, "lr": float(lr.get(g["name"], g["lr"]))} for g in groups]
+    for g in groups:
+        if not math.isfinite(g["lr"]) or g["lr"] < 0:
+            raise ValueError(f"lr (learning rate) of group {g['name']!r} must be finite and >= 0, "
+                             f"got {g['lr']}")
+    return groups
+
 
 
 def train(
     model, steerer: Steerer, train_pairs, valid=None, *, epochs: int = 8,
     lr: float | dict | None = None, seed: int = 0, batch_size: int | None = None,
-    micro_batch_size: int = 4, weight_decay: float = 0.0, progress: bool = True,
-    max_completion_tokens: int | None = None,
+    micro_batch_size: int | None = None, micro_batch_tokens: int = 512, weight_decay: float = 0.0, progress: bool = True,
+    max_completion_tokens: int | None = None, truncate: bool = False,
 ) -> TrainHistory:
     """Train a steerer on (prompt, completion) pairs with the model frozen.
 
@@ -207,10 +223,15 @@ def train(
             by group name (``{"W": 3e-3, "b": 0.1}`` for CLAS).
         seed: seed of shuffling (same seed and data => identical parameters).
         batch_size: pairs per optimiser step (default: all = full batch).
-        micro_batch_size: pairs per forward pass (gradient accumulation).
+        micro_batch_size: pairs per forward pass (gradient accumulation); default: as
+            many as fit in ``micro_batch_tokens`` padded tokens (at least one).
+        micro_batch_tokens: token budget of a micro-batch when ``micro_batch_size`` is None;
+            it bounds the activation memory of the backward pass (about 1.2 MB per token
+            on SmolLM2-135M).
         weight_decay: AdamW weight decay.
         progress: tqdm progress bar.
         max_completion_tokens: truncate long targets.
+        truncate: keep the end of prompts too long for the context instead of raising.
 
     Returns:
         A :class:`TrainHistory`.
@@ -221,9 +242,11 @@ def train(
     steerer.check_model(model)
     if epochs < 0:
         raise ValueError("epochs must be >= 0")
-    if micro_batch_size < 1 or (batch_size is not None and batch_size < 1):
-        raise ValueError("batch sizes must be >= 1")
-    enc_train = encode_pairs(model, train_pairs, max_completion_tokens=max_completion_tokens)
+    if (micro_batch_size is not None and micro_batch_size < 1) or micro_batch_tokens < 1 \
+            or (batch_size is not None and batch_size < 1):
+        raise ValueError("batch sizes and micro_batch_tokens must be >= 1")
+    enc_train = encode_pairs(model, train_pairs, max_completion_tokens=max_completion_tokens,
+                             truncate=truncate)
     valid_pairs = None if valid is None else as_pairs(valid)
     bs = batch_size or len(enc_train)
     groups = _groups(steerer, lr)
@@ -234,7 +257,8 @@ def train(
     pad = pad_id(model)
     hist = TrainHistory(settings={
         "epochs": epochs, "lr": {g["name"]: g["lr"] for g in groups}, "seed": seed,
-        "batch_size": bs, "micro_batch_size": micro_batch_size, "weight_decay": weight_decay,
+        "batch_size": bs, "micro_batch_size": micro_batch_size,
+        "micro_batch_tokens": micro_batch_tokens, "weight_decay": weight_decay,
         "n_train": len(enc_train), "n_valid": 0 if valid_pairs is None else len(valid_pairs),
     })
     grad_flags = [p.requires_grad for p in model.parameters()]
@@ -243,9 +267,11 @@ def train(
     torch.manual_seed(seed)
 
     def evaluate(epoch: int) -> float:
-        loss = completion_nll(model, steerer, valid_pairs, batch_size=max(micro_batch_size, 8),
-                              max_completion_tokens=max_completion_tokens)
+        loss = completion_nll(model, steerer, valid_pairs, batch_size=8,
+                              max_completion_tokens=max_completion_tokens, truncate=truncate)
         hist.valid.append({"epoch": epoch, "valid_loss": loss})
+        if not math.isfinite(loss):
+            warnings.warn(f"valid loss is {loss} after epoch {epoch}; that state is never kept")
         return loss
 
     best_state = copy.deepcopy(steerer.state_dict())
@@ -265,8 +291,8 @@ def train(
                     n_tok = sum(len(s) - n for s, n in batch)
                     opt.zero_grad(set_to_none=True)
                     total = 0.0
-                    for m in range(0, len(batch), micro_batch_size):
-                        sums, _ = _nll_sums(model, batch[m:m + micro_batch_size], pad, device)
+                    for micro in _micro_batches(batch, micro_batch_size, micro_batch_tokens):
+                        sums, _ = _nll_sums(model, micro, pad, device)
                         loss = sums.sum() / n_tok
                         loss.backward()
                         total += float(loss.detach())
@@ -276,6 +302,10 @@ def train(
                             f"non-finite training loss ({total}) at step {step} (epoch {epoch}); "
                             "the best parameters found so far were kept")
                     opt.step()
+                    if not all(torch.isfinite(p).all() for p in steerer.parameters()):
+                        raise TrainingError(
+                            f"non-finite parameters after step {step} (epoch {epoch}); "
+                            "the best parameters found so far were kept")
                     hist.steps.append({"step": step, "epoch": epoch, "train_loss": total,
                                        "seconds": time.perf_counter() - t0,
                                        **{f"norm_{n}": v for n, v in steerer.param_norms().items()}})
@@ -300,7 +330,25 @@ def train(
         hist.seconds = time.perf_counter() - t0
         if valid_pairs:
             hist.best_valid_loss = best
+        steerer.extra = {**steerer.extra, "train": {**hist.settings, "best_epoch": hist.best_epoch}}
     return hist
+
+
+def _micro_batches(batch, size: int | None, tokens: int):
+    """Split a batch into micro-batches: ``size`` pairs each, or by padded-token budget."""
+    if size is not None:
+        return [batch[m:m + size] for m in range(0, len(batch), size)]
+    out, cur, width = [], [], 0
+    for item in batch:
+        w = max(width, len(item[0]))
+        if cur and w * (len(cur) + 1) > tokens:
+            out.append(cur)
+            cur, w = [], len(item[0])
+        cur.append(item)
+        width = w
+    if cur:
+        out.append(cur)
+    return out
 
 
 def las_grid(model, steerer: LASSteerer, pairs, n: int = 20) -> list[float]:
@@ -330,6 +378,9 @@ def grid_search_las(model, steerer: LASSteerer, pairs, grid: Sequence[float] | N
     grid = list(grid) if grid is not None else las_grid(model, steerer, pairs)
     if not grid:
         raise ValueError("the LAS grid is empty")
+    bad = [c for c in grid if not math.isfinite(float(c))]
+    if bad:
+        raise ValueError(f"the LAS grid holds non-finite values {bad}")
     scores = []
     for c in tqdm(grid, desc="LAS grid", disable=not progress):
         steerer.set(c)

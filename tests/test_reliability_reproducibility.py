@@ -94,9 +94,6 @@ def test_directions_artifact_records_seed_and_versions(tiny, tmp_path):
     assert cl.Directions.load(tmp_path / "d").meta["seed"] == 11
 
 
-@pytest.mark.xfail(strict=False, reason="train() does not yet record its settings (seed) on the "
-                   "steerer; `clas-lens train` does (see test_reliability_cli). Fix in "
-                   "clas_lens/train.py: steerer.extra['train'] = dict(hist.settings)")
 def test_trained_steerer_artifact_records_training_seed(tiny, tmp_path):
     st = cl.CLASSteerer(random_directions(tiny, seed=64))
     cl.train(tiny, st, PAIRS, epochs=1, seed=13, progress=False)
