@@ -4,8 +4,9 @@ Run it in a fresh process (run_all.py does). The peak is ``VmHWM``, the high-wat
 mark of the whole process image, model loading included; nothing is subtracted, and
 the RSS right after loading is reported beside it. (``ru_maxrss`` is reported too but
 is not used: Linux carries it over fork+exec, so a child of a big parent inherits the
-parent's RSS.) Training uses ``train()``'s defaults
-(``micro_batch_size=4``: three micro-batches of 4, 4 and 2 examples per step).
+parent's RSS.) Training uses ``train()``'s defaults: micro-batches of at most
+``micro_batch_tokens=512`` padded tokens, i.e. one ~300-token example per micro-batch
+here (``--micro-batch-size N`` forces N examples per micro-batch instead).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def run(args) -> dict:
     with C.PeakRSS() as mon:
         w0, c0 = C.time.perf_counter(), C.time.process_time()
         hist = C.cl.train(model, st, pairs, None, epochs=epochs, progress=False,
-                          micro_batch_size=args.micro_batch_size)
+                          micro_batch_size=args.micro_batch_size or None)
         wall, cpu = C.time.perf_counter() - w0, C.time.process_time() - c0
     param_mb = C.param_bytes_fp32(model) / 2**20
     peak = C.hwm_mb()
@@ -50,6 +51,7 @@ def run(args) -> dict:
         "train_extra_mb": round(peak - rss_warm, 1),
         "n_examples": n, "tokens_per_example": tokens, "epochs": epochs,
         "micro_batch_size": hist.settings["micro_batch_size"],
+        "micro_batch_tokens": hist.settings.get("micro_batch_tokens"),
         "train_seconds_wall": round(wall, 2), "train_seconds_cpu": round(cpu, 2),
         "weight_grads_allocated": int(weight_grads),
         "weight_requires_grad": int(weight_requires_grad),
@@ -60,7 +62,8 @@ def run(args) -> dict:
 
 def main(argv=None):
     p = C.parser(__doc__.splitlines()[0])
-    p.add_argument("--micro-batch-size", type=int, default=4, help="train()'s micro_batch_size")
+    p.add_argument("--micro-batch-size", type=int, default=0,
+                   help="train()'s micro_batch_size (0: its default token budget)")
     args = p.parse_args(argv)
     C.setup_clock(args)
     rec = run(args)

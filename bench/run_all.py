@@ -69,8 +69,9 @@ def main(argv=None):
                    help="comma list among forward,train,generate,sweep,probes,memory")
     p.add_argument("--threads", type=int, default=C.THREADS,
                    help="torch/BLAS threads (default 1: steady on a shared machine; 0 = library default)")
-    p.add_argument("--mem-micro", default="4,1",
-                   help="micro_batch_size values for the memory bench (first = headline)")
+    p.add_argument("--mem-micro", default="0,4",
+                   help="micro_batch_size values for the memory bench (first = headline; "
+                        "0 = train()'s default token budget)")
     args = p.parse_args(argv)
     C.setup_clock(args)
     out = Path(args.out)

@@ -1,0 +1,129 @@
+"""Tests of the benchmark harness on the tiny random model (hand-written CSV rows only)."""
+
+import csv
+import json
+import math
+import time
+
+import pytest
+
+from clas_lens.bench import harness, report
+
+COLUMNS = ["id", "x", "y", "base_template", "steer_template", "base_input", "base_label",
+           "label_score", "label_accuracy", "label_instructions_template",
+           "label_prompt_template"]
+WORDS = ["cats", "dogs", "rain", "Paris", "hello", "wonderful", "weekend", "morning"]
+
+
+def write_reference_csv(path, n=24):
+    """A reference-format CSV with ``n`` short hand-written rows (splits 10/10/rest)."""
+    base, steer = "Tell me about {prompt}.", "Tell me about {prompt}, cheerfully!"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=COLUMNS)
+        w.writeheader()
+        for i in range(n):
+            word = WORDS[i % len(WORDS)] + ("" if i < len(WORDS) else f" {i}")
+            w.writerow({
+                "id": 100 + i, "x": base.replace("{prompt}", word),
+                "y": f"Sure, here is something wonderful about {word}!<|eot_id|>",
+                "base_template": base, "steer_template": steer, "base_input": word,
+                "base_label": "", "label_score": "1", "label_accuracy": "1",
+                "label_instructions_template": "Judge it.", "label_prompt_template": "{prompt}",
+            })
+    return path
+
+
+@pytest.fixture(scope="module")
+def bench_run(tiny, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    known = write_reference_csv(tmp / "JailbreakBench_SteerDataset.csv")
+    out = tmp / "r"
+    t = time.perf_counter()
+    rows = harness.run_benchmarks([known], out=out, quick=True, model=tiny, progress=False)
+    return tmp, known, out, rows, time.perf_counter() - t
+
+
+def test_one_finite_row_per_method(bench_run):
+    tmp, _, out, rows, _ = bench_run
+    saved = harness.read_results(out / "benchmarks.csv")
+    assert [r["method"] for r in saved] == list(harness.METHODS)
+    assert [r["method"] for r in rows] == list(harness.METHODS)
+    for r in saved:
+        assert r["status"] == "ok", r.get("error")
+        assert r["benchmark"] == "JailbreakBench"
+        assert math.isfinite(r["test_nll"]) and r["test_nll"] > 0
+        assert -1 <= r["embed_sim"] <= 1
+        assert r["n_test"] == 4 and r["n_gen"] == 2 and r["max_new_tokens"] == 8
+        assert r["m_compliance_prefix"] is not None and r["m_refusal"] is not None
+        for k in ("clas_lens", "transformer_lens", "torch", "model", "max_completion_tokens"):
+            assert r[k] not in (None, "")
+    by = {r["method"]: r for r in saved}
+    assert by["base_prompt"]["n_params"] == 0 and by["las"]["n_params"] == 1
+    assert by["clas"]["n_params"] > by["las_layerwise"]["n_params"] > 1
+    assert by["clas"]["best_epoch"] in (0, 1)
+    assert by["las"]["las_c"] is not None
+    assert by["lora"]["strength_mean_abs"] is None and by["clas"]["strength_mean_abs"] is not None
+
+
+def test_outputs_hold_no_prompt_or_target_text(bench_run):
+    _, _, out, _, _ = bench_run
+    gens = [json.loads(l) for l in (out / "generations.jsonl").read_text().splitlines()]
+    assert len(gens) == 2 * len(harness.METHODS)
+    assert {g["row"] for g in gens} == {20, 21} and {g["row_id"] for g in gens} == {"120", "121"}
+    for g in gens:
+        assert set(g) >= {"benchmark", "method", "row", "row_id", "text", "strength_mean_abs"}
+        assert "prompt" not in g and "target" not in g
+    md = (out / "benchmarks.md").read_text()
+    assert "Sure, here is something wonderful" not in md and "Tell me about" not in md
+    assert "clas-lens bench" in md and "**" in md
+    assert (out.parent / "figures" / "bench_test_nll.png").stat().st_size > 1000
+
+
+def test_rerun_skips_finished_cells(bench_run, tiny):
+    _, known, out, rows, first = bench_run
+    before = (out / "benchmarks.csv").read_text()
+    t = time.perf_counter()
+    again = harness.run_benchmarks([known], out=out, quick=True, model=tiny, progress=False)
+    assert time.perf_counter() - t < max(2.0, first / 3)
+    assert (out / "benchmarks.csv").read_text() == before
+    assert [r["test_nll"] for r in again] == [r["test_nll"] for r in rows]
+
+
+def test_unknown_benchmark_gets_nll_and_embed_sim_only(bench_run, tiny):
+    tmp, _, out, _, _ = bench_run
+    unknown = write_reference_csv(tmp / "Toy.csv")
+    rows = harness.run_benchmarks([unknown], out=out, quick=True, model=tiny, progress=False,
+                                  methods="base_prompt, clas")
+    assert [(r["benchmark"], r["method"]) for r in rows] == [("Toy", "base_prompt"),
+                                                            ("Toy", "clas")]
+    for r in rows:
+        assert math.isfinite(r["test_nll"]) and r["embed_sim"] is not None
+        assert all(v is None for k, v in r.items() if k.startswith("m_"))
+    saved = harness.read_results(out / "benchmarks.csv")
+    assert len(saved) == len(harness.METHODS) + 2  # the earlier benchmark's rows are kept
+
+
+def test_methods_and_paths_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="unknown method"):
+        harness.parse_methods("clas,nope")
+    assert harness.parse_methods("lora, clas") == ["clas", "lora"]
+    with pytest.raises(FileNotFoundError):
+        harness.find_csvs([tmp_path / "missing.csv"])
+
+
+def test_report_formats_rows_without_a_model():
+    rows = [{"benchmark": "B", "method": m, "status": "ok", "test_nll": v, "embed_sim": 0.5}
+            for m, v in (("base_prompt", 2.0), ("clas", 1.5))]
+    table = report.nll_table(rows)
+    assert "**1.500**" in table and "2.000" in table
+    fig = report.nll_figure(rows)
+    assert len(fig.axes[0].patches) == 2
+
+
+def test_cli_bench_help_exits_zero(capsys):
+    from clas_lens.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--help"])
+    assert exc.value.code == 0
+    assert "--gen-rows" in capsys.readouterr().out
