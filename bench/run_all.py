@@ -66,7 +66,8 @@ def main(argv=None):
                    help="headline clock (default cpu: process CPU time, steady on a shared machine)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--only", default=None,
-                   help="comma list among forward,train,generate,sweep,probes,memory")
+                   help="comma list among forward,train,generate,sweep,probes,memory "
+                        "(the other measures are kept from an existing --out file)")
     p.add_argument("--threads", type=int, default=C.THREADS,
                    help="torch/BLAS threads (default 1: steady on a shared machine; 0 = library default)")
     p.add_argument("--mem-micro", default="0,4",
@@ -110,6 +111,13 @@ def main(argv=None):
         rec = C.emit(name, mod.run(sub, model), str(jsonl))
         rec["bench_seconds"] = round(time.perf_counter() - t, 1)
         records[name] = rec
+    if only and out.exists():  # a partial run updates the previous file's other measures
+        prev = json.loads(out.read_text())
+        for name, r in prev.get("details", {}).items():
+            if name.split("_mb")[0] not in only:
+                records.setdefault(name, r)
+        if "memory" not in only:
+            summary.update({k: v for k, v in prev.items() if k.startswith("train_mem_ratio_mb")})
     for name, r in records.items():
         if name.startswith("memory_mb"):
             continue
