@@ -29,7 +29,9 @@ from clas_lens.data import ContrastSet
 from clas_lens.io import (
     ArtifactError, check_finite, check_model_matches, load_artifact, save_artifact,
 )
-from clas_lens.model import chat_ids, fit_context, left_pad, model_device, model_info, pad_id
+from clas_lens.model import (
+    chat_ids, check_batch_size, fit_context, left_pad, model_device, model_info, pad_id,
+)
 
 
 def resid_hook(layer: int) -> str:
@@ -111,8 +113,7 @@ def resid_activations(
     prompts = list(prompts)
     if len(prompts) == 0:
         raise ValueError("no prompts given")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_batch_size(batch_size)
     layers = check_layers(model, layers)
     for i, p in enumerate(prompts):
         if not isinstance(p, str):

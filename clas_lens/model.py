@@ -268,6 +268,13 @@ def left_pad(seqs: list[list[int]], pad: int, device=None) -> tuple[torch.Tensor
     return ids.to(device), mask.to(device)
 
 
+def check_batch_size(batch_size) -> int:
+    """Refuse a batch size that is not a positive integer (``bool`` included)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return batch_size
+
+
 def model_device(model) -> torch.device:
     """Device of the model's parameters."""
     return next(model.parameters()).device

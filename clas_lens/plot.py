@@ -166,6 +166,14 @@ def _new_figure(figsize):
     return Figure(figsize=figsize, layout="constrained")
 
 
+def _fig_ax(ax, figsize):
+    """A new figure with one axes, or the given axes and its figure."""
+    if ax is not None:
+        return ax.figure, ax
+    fig = _new_figure(figsize)
+    return fig, fig.add_subplot()
+
+
 def _two_slope(vmax: float):
     from matplotlib.colors import TwoSlopeNorm
 
@@ -231,12 +239,7 @@ def strength_heatmap_mpl(result, index: int = 0, *, layers: Sequence[int] | None
     ex = example_matrix(result, index, layers=layers, which=which)
     z = ex["values"].T
     n_layers, n = z.shape
-    if ax is None:
-        fig = _new_figure((min(40.0, max(6.0, 0.16 * n + 2.5)),
-                           max(2.8, 0.26 * n_layers + 2.2)))
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure
+    fig, ax = _fig_ax(ax, (min(40.0, max(6.0, 0.16 * n + 2.5)), max(2.8, 0.26 * n_layers + 2.2)))
     vmax = token_range(z) if vmax is None else float(vmax)
     im = ax.imshow(z, aspect="auto", cmap=DIVERGING_MPL, norm=_two_slope(vmax),
                    interpolation="nearest", origin="lower")
@@ -349,12 +352,8 @@ def prompts_heatmap_mpl(result, layer: int | None = None, *, which: str = "stren
     n_rows, n = z.shape
     if annotate is None:
         annotate = n <= 70 and n_rows <= 16
-    if ax is None:
-        w = min(40.0, max(7.0, (0.22 if annotate else 0.1) * n + 4.5))
-        fig = _new_figure((w, max(2.5, (0.5 if annotate else 0.32) * n_rows + 1.6)))
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure
+    w = min(40.0, max(7.0, (0.22 if annotate else 0.1) * n + 4.5))
+    fig, ax = _fig_ax(ax, (w, max(2.5, (0.5 if annotate else 0.32) * n_rows + 1.6)))
     import matplotlib as mpl
 
     cmap = mpl.colormaps[DIVERGING_MPL].with_extremes(bad="#eeeeee")
@@ -510,11 +509,7 @@ def similarity_plot_mpl(layers, values, *, null_low=None, null_high=None,
                         extra: dict | None = None, ax=None):
     """Static twin of :func:`similarity_plot`."""
     layers, v = _series(values, layers)
-    if ax is None:
-        fig = _new_figure((7, 4))
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure
+    fig, ax = _fig_ax(ax, (7, 4))
     if null_low is not None and null_high is not None:
         ax.fill_between(layers, _np(null_low).reshape(-1), _np(null_high).reshape(-1),
                         color="grey", alpha=0.3, lw=0, label="null band")
@@ -569,11 +564,7 @@ def matrix_heatmap_mpl(matrix, x_labels=None, y_labels=None, *, title: str | Non
     ys = [str(y) for y in (y_labels if y_labels is not None else range(z.shape[0]))]
     if annotate is None:
         annotate = z.size <= 150
-    if ax is None:
-        fig = _new_figure((max(5.0, 0.3 * len(xs) + 2.5), max(4.0, 0.28 * len(ys) + 1.8)))
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure
+    fig, ax = _fig_ax(ax, (max(5.0, 0.3 * len(xs) + 2.5), max(4.0, 0.28 * len(ys) + 1.8)))
     lim = _symmetric_range(z) if vmax is None else float(vmax)
     if symmetric:
         im = ax.imshow(z, cmap=cmap or DIVERGING_MPL, norm=_two_slope(lim),
@@ -631,11 +622,7 @@ def sweep_curves_mpl(layers, values, *, coefficients=None, metric: str = "NLL",
     """Static twin of :func:`sweep_curves`; ``labels`` names the curves of a 2-D ``values``."""
     v = _np(values)
     layers = list(layers)
-    if ax is None:
-        fig = _new_figure((7, 4))
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure
+    fig, ax = _fig_ax(ax, (7, 4))
     if v.ndim == 1:
         ax.plot(layers, v, "o-", ms=3.5, label=metric)
     else:
@@ -735,11 +722,7 @@ def attribution_bars_mpl(names, values, *, total: float | None = None, top: int 
                          ax=None):
     """Static twin of :func:`attribution_bars`."""
     names, v = _sorted_contributions(names, values, top)
-    if ax is None:
-        fig = _new_figure((7, max(2.5, 0.28 * len(names) + 1.2)))
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure
+    fig, ax = _fig_ax(ax, (7, max(2.5, 0.28 * len(names) + 1.2)))
     y = np.arange(len(names))
     ax.barh(y, v, color=["#b2182b" if x > 0 else "#2166ac" for x in v])
     ax.set_yticks(y)
@@ -849,11 +832,7 @@ def probe_accuracy(directions, *, title: str | None = None):
 
 def probe_accuracy_mpl(directions, *, title: str | None = None, ax=None):
     """Static twin of :func:`probe_accuracy`."""
-    if ax is None:
-        fig = _new_figure((7, 3.8))
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure
+    fig, ax = _fig_ax(ax, (7, 3.8))
     styles = ["o-", "s--", "^-.", "v:", "D-", "x--"]
     for k, (name, (layers, acc)) in enumerate(_accuracy_series(directions).items()):
         ax.plot(layers, acc, styles[k % len(styles)], ms=4.5 - 0.5 * (k % 3), alpha=0.85,
@@ -888,11 +867,7 @@ def dose_response_mpl(scales, values, *, metric: str = "value", labels=None,
     """Static twin of :func:`dose_response`."""
     s = list(_np(scales).reshape(-1))
     v = _np(values).reshape(len(s), -1)
-    if ax is None:
-        fig = _new_figure((6, 3.8))
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure
+    fig, ax = _fig_ax(ax, (6, 3.8))
     for k in range(v.shape[1]):
         ax.plot(s, v[:, k], "o-", ms=3.5, label=labels[k] if labels is not None else metric)
     ax.set_xlabel("steering scale")
@@ -1089,11 +1064,7 @@ def attribution_layers_plot(attrs, *, title: str | None = None):
 def attribution_layers_plot_mpl(attrs, *, title: str | None = None, ax=None):
     """Static twin of :func:`attribution_layers_plot`."""
     layers, rows, alpha = _attr_layers(attrs)
-    if ax is None:
-        fig = _new_figure((max(6.0, 0.35 * len(layers) + 3), 4))
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure
+    fig, ax = _fig_ax(ax, (max(6.0, 0.35 * len(layers) + 3), 4))
     x = np.arange(len(layers))
     pos = np.zeros(len(layers))
     neg = np.zeros(len(layers))
@@ -1150,11 +1121,7 @@ def layer_profile_plot_mpl(layers, values, *, title: str | None = None,
                            ylabel: str = "mean |alpha|", label: str | None = None, ax=None):
     """Static twin of :func:`layer_profile_plot`."""
     layers, v = _series(values, layers)
-    if ax is None:
-        fig = _new_figure((7, 3.5))
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure
+    fig, ax = _fig_ax(ax, (7, 3.5))
     ax.bar([str(L) for L in layers], v, color=["#b2182b" if x >= 0 else "#2166ac" for x in v],
            label=label)
     ax.axhline(0, color="black", lw=0.8)

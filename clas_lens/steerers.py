@@ -257,7 +257,7 @@ class ReFTSteerer(CLASSteerer):
 
     def __init__(self, model, layers: Sequence[int] | None = None, rank: int = 1, seed: int = 0):
         info = model_info(model)
-        layers = _check_layers(layers, info["n_layers"])
+        layers = validate_layers(layers, info["n_layers"])
         rank = _check_rank(rank)
         Steerer.__init__(self, layers, info)
         self._init(rank, info["d_model"])
@@ -370,7 +370,7 @@ class LoRASteerer(Steerer):
         d_mlp = int(getattr(model.cfg, "d_mlp", 0) or 0)
         if d_mlp <= 0:
             raise ValueError("the model config has no d_mlp")
-        layers = _check_layers(layers, info["n_layers"])
+        layers = validate_layers(layers, info["n_layers"])
         rank = _check_rank(rank)
         if not math.isfinite(lora_alpha):
             raise ValueError(f"lora_alpha must be finite, got {lora_alpha}")
@@ -423,10 +423,6 @@ class LoRASteerer(Steerer):
 
 def _info(cfg: dict) -> dict:
     return {k: cfg[k] for k in ("model_name", "n_layers", "d_model")}
-
-
-def _check_layers(layers, n_layers: int) -> list[int]:
-    return validate_layers(layers, n_layers)
 
 
 def _check_rank(rank) -> int:

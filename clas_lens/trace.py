@@ -23,8 +23,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from clas_lens.model import (
-    chat_ids, completion_ids, context_length, end_of_turn_id, fit_context, left_pad,
-    model_device, pad_id,
+    chat_ids, check_batch_size, completion_ids, context_length, end_of_turn_id, fit_context,
+    left_pad, model_device, pad_id,
 )
 from clas_lens.steerers import Recorder, Steerer
 
@@ -75,11 +75,6 @@ class GenerationResult:
         pos = torch.arange(self.mask.shape[1])
         starts = torch.tensor(self.prompt_lengths).unsqueeze(1)
         return self.mask & (pos.unsqueeze(0) >= starts)
-
-
-def _check_batch_size(batch_size) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
 def _check_prompts(prompts) -> list[str]:
@@ -234,7 +229,7 @@ def generate(
     prompts = _check_prompts(prompts)
     if max_new_tokens < 0:
         raise ValueError("max_new_tokens must be >= 0")
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     if do_sample and not (temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
     vocab = len(model.tokenizer)
@@ -284,7 +279,7 @@ def trace(
         truncate: keep the end of a prompt too long for the context instead of raising.
     """
     prompts = _check_prompts(prompts)
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     if completions is not None and len(completions) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
     if steerer is not None:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from clas_lens.data import SteerSet
 from clas_lens.model import (
-    chat_ids, check_length, completion_ids, fit_context, model_device, pad_id,
+    check_batch_size, chat_ids, check_length, completion_ids, fit_context, model_device, pad_id,
 )
 from clas_lens.steerers import LASSteerer, Steerer
 
@@ -135,8 +135,7 @@ def completion_nll(model, steerer: Steerer | None, pairs, *, batch_size: int = 8
     Returns the token-weighted mean over all pairs, or with ``per_example=True`` a
     tensor of per-pair means.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_batch_size(batch_size)
     encoded = encode_pairs(model, pairs, max_completion_tokens=max_completion_tokens,
                            truncate=truncate)
     device = model_device(model)
