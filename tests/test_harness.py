@@ -127,3 +127,21 @@ def test_cli_bench_help_exits_zero(capsys):
         main(["bench", "--help"])
     assert exc.value.code == 0
     assert "--gen-rows" in capsys.readouterr().out
+
+
+def test_rerun_with_all_test_rows_skips_finished_cells(tiny, tmp_path, monkeypatch):
+    """The default n_test (all rows) must match the stored row count on resume."""
+    known = write_reference_csv(tmp_path / "JailbreakBench_SteerDataset.csv")
+    out = tmp_path / "r"
+    kw = dict(out=out, model=tiny, progress=False, methods="base_prompt", gen_rows=1,
+              max_new_tokens=2, max_completion_tokens=16, figure="")
+    first = harness.run_benchmarks([known], **kw)
+    assert first[0]["n_test"] == 4  # 24 rows: 10 train, 10 valid, 4 test
+    before = (out / "benchmarks.csv").read_text()
+    calls = []
+    real = harness.run_cell
+    monkeypatch.setattr(harness, "run_cell", lambda *a, **k: calls.append(a) or real(*a, **k))
+    again = harness.run_benchmarks([known], **kw)
+    assert calls == []
+    assert (out / "benchmarks.csv").read_text() == before
+    assert [r["test_nll"] for r in again] == [r["test_nll"] for r in first]

@@ -514,9 +514,12 @@ def run_benchmarks(
             import clas_lens as cl
 
             steer = cl.SteerSet.from_reference_csv(f)
+            # rows record the number of test rows actually scored, so the key does too
+            n_eff = len(steer.test) if settings["n_test"] is None else min(
+                int(settings["n_test"]), len(steer.test))
             base = {"benchmark": steer.name, "data_sha256": _sha256(Path(f)), "model": model_name,
                     "direction_method": direction_method, "seed": seed, **settings,
-                    **vers}
+                    "n_test": n_eff, **vers}
             dirs, dir_seconds = None, None
             for method in methods_list:
                 proto = {**base, "method": method}
