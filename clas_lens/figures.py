@@ -28,6 +28,7 @@ Figures written (``out/``):
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import time
@@ -114,6 +115,7 @@ def make_figures(out: str | os.PathLike = "figures", quick: bool = False, *, mod
     from clas_lens import analysis as an
     from clas_lens import plot
     from clas_lens.model import model_info
+    from clas_lens.plot._common import _np
 
     torch.manual_seed(0)
     cfg = settings(quick)
@@ -207,14 +209,14 @@ def make_figures(out: str | os.PathLike = "figures", quick: bool = False, *, mod
     fig = plot.layer_profile_plot_mpl(res.layers, profile_gen, label="generated tokens",
                                       title="mean |alpha| per steered layer (held-out prompts)")
     ax = fig.axes[0]
-    ax.plot([str(L) for L in res.layers], plot._np(profile_all), "k.-", label="all tokens")
+    ax.plot([str(L) for L in res.layers], _np(profile_all), "k.-", label="all tokens")
     ax.legend(fontsize=8)
     save(fig, "layer_profile.png")
     page = ["<html><head><meta charset='utf-8'><title>CLAS token strengths</title></head><body>",
             f"<h3>CLAS strengths (mean over layers), {summary['model']}, concept "
             f"{contrast.name}</h3>"]
     for i in range(len(res)):
-        page.append(f"<p><b>{plot._html.escape(res.prompts[i])}</b></p>")
+        page.append(f"<p><b>{html.escape(res.prompts[i])}</b></p>")
         page.append(plot.token_html(res, i, None))
     page.append("</body></html>")
     (out / "token_strengths.html").write_text("\n".join(page), encoding="utf-8")
