@@ -91,9 +91,7 @@ def run(args, model=None) -> dict:
 
 
 def main(argv=None):
-    args = C.parser(__doc__.splitlines()[0]).parse_args(argv)
-    C.setup_clock(args)
-    return C.emit("forward", run(args), args.json)
+    return C.main("forward", run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -64,10 +64,7 @@ def main(argv=None):
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--micro-batch-size", type=int, default=0,
                    help="train()'s micro_batch_size (0: its default token budget)")
-    args = p.parse_args(argv)
-    C.setup_clock(args)
-    rec = run(args)
-    return C.emit("memory", rec, args.json)
+    return C.main("memory", run, __doc__, argv, p)
 
 
 if __name__ == "__main__":

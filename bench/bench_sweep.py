@@ -65,9 +65,7 @@ def run(args, model=None) -> dict:
 
 
 def main(argv=None):
-    args = C.parser(__doc__.splitlines()[0]).parse_args(argv)
-    C.setup_clock(args)
-    return C.emit("sweep", run(args), args.json)
+    return C.main("sweep", run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -80,9 +80,7 @@ def run(args, model=None) -> dict:
 
 
 def main(argv=None):
-    args = C.parser(__doc__.splitlines()[0]).parse_args(argv)
-    C.setup_clock(args)
-    return C.emit("train_step", run(args), args.json)
+    return C.main("train_step", run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -276,3 +276,10 @@ def emit(name: str, record: dict, json_path: str | None = None) -> dict:
         with open(json_path, "a") as f:
             f.write(json.dumps(record) + "\n")
     return record
+
+
+def main(name: str, run, doc: str, argv=None, p: argparse.ArgumentParser | None = None) -> dict:
+    """Parse the shared options (or ``p``), set clock and threads, run and emit one record."""
+    args = (p or parser(doc.splitlines()[0])).parse_args(argv)
+    setup_clock(args)
+    return emit(name, run(args), args.json)
