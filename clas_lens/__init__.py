@@ -32,6 +32,21 @@ from clas_lens.steerers import (
 from clas_lens.train import TrainHistory, TrainingError, completion_nll, grid_search_las, train
 from clas_lens.trace import GenerationResult, generate, trace
 
+# floor 5: the lens, imported on first use so that `import clas_lens` stays light
+#   clas_lens.analysis  strength summaries, cosine with null bands, layer sweeps, attribution
+#   clas_lens.plot      plotly figures for notebooks and matplotlib twins for figures/
+#   clas_lens.bench     the steering benchmark harness behind `clas-lens bench`
+_SUBMODULES = ("analysis", "plot", "bench")
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"clas_lens.{name}")
+    raise AttributeError(f"module 'clas_lens' has no attribute {name!r}")
+
+
 __all__ = [
     "ArtifactError", "CLASSteerer", "ContrastSet", "DataError", "Directions",
     "GenerationResult", "LASSteerer", "LayerwiseLASSteerer", "LoRASteerer", "METHODS",
