@@ -368,8 +368,12 @@ def las_grid(model, steerer: LASSteerer, pairs, n: int = 20) -> list[float]:
 
 
 def grid_search_las(model, steerer: LASSteerer, pairs, grid: Sequence[float] | None = None, *,
-                    batch_size: int = 8, progress: bool = True) -> dict:
+                    batch_size: int = 8, progress: bool = True,
+                    max_completion_tokens: int | None = None) -> dict:
     """Choose LAS's single coefficient by completion NLL on ``pairs`` (sets it in place).
+
+    ``max_completion_tokens`` caps the targets as :func:`train` does, so the search
+    scores the same tokens the trained methods see.
 
     Returns:
         ``{"grid": [...], "nll": [...], "best": c}``.
@@ -383,7 +387,8 @@ def grid_search_las(model, steerer: LASSteerer, pairs, grid: Sequence[float] | N
     scores = []
     for c in tqdm(grid, desc="LAS grid", disable=not progress):
         steerer.set(c)
-        scores.append(completion_nll(model, steerer, pairs, batch_size=batch_size))
+        scores.append(completion_nll(model, steerer, pairs, batch_size=batch_size,
+                                     max_completion_tokens=max_completion_tokens))
     best = grid[min(range(len(grid)), key=lambda i: scores[i] if math.isfinite(scores[i]) else 1e30)]
     steerer.set(best)
     return {"grid": grid, "nll": scores, "best": best}

@@ -248,26 +248,6 @@ def _nanmean(xs) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def grid_search_las_capped(model, steerer, pairs, grid, *, max_completion_tokens,
-                           progress=True) -> dict:
-    """:func:`clas_lens.train.grid_search_las` with the targets capped like in training.
-
-    ``grid_search_las`` scores targets at full length (it has no
-    ``max_completion_tokens``); this is the same search (lowest completion NLL on
-    ``pairs``, the coefficient set in place) on the capped targets.
-    """
-    from clas_lens.train import completion_nll
-
-    scores = []
-    for c in tqdm(grid, desc="LAS grid", disable=not progress, leave=False):
-        steerer.set(c)
-        scores.append(completion_nll(model, steerer, pairs,
-                                     max_completion_tokens=max_completion_tokens))
-    best = grid[min(range(len(grid)), key=lambda i: scores[i] if math.isfinite(scores[i]) else 1e30)]
-    steerer.set(best)
-    return {"grid": list(grid), "nll": scores, "best": best}
-
-
 def _log(msg: str) -> None:
     tqdm.write(msg, file=sys.stdout)
     sys.stdout.flush()
@@ -305,8 +285,8 @@ def run_cell(model, steer, method: str, settings: dict, *, dirs=None, seed: int 
         steerer = cl.LASSteerer(dirs)
         grid = las_grid(model, steerer, train_pairs, n=int(settings["las_grid_size"]))
         before = cl.completion_nll(model, None, valid_pairs, max_completion_tokens=cap)
-        res = grid_search_las_capped(model, steerer, train_pairs, grid,
-                                     max_completion_tokens=cap, progress=progress)
+        res = cl.grid_search_las(model, steerer, train_pairs, grid, max_completion_tokens=cap,
+                                 progress=progress)
         after = cl.completion_nll(model, steerer, valid_pairs, max_completion_tokens=cap)
         row.update(las_c=res["best"], valid_loss_before=before, valid_loss_after=after,
                    las_grid=f"linspace(0, {grid[-1]:.4g}, {len(grid)}) on train NLL")
