@@ -494,12 +494,13 @@ def run_benchmarks(
             import clas_lens as cl
 
             steer = cl.SteerSet.from_reference_csv(f)
-            # rows record the number of test rows actually scored, so the key does too
-            n_eff = len(steer.test) if settings["n_test"] is None else min(
+            # the number of test rows scored, not "all": rows and resume keys record it
+            n_test = len(steer.test) if settings["n_test"] is None else min(
                 int(settings["n_test"]), len(steer.test))
+            cell_settings = {**settings, "n_test": n_test}
             base = {"benchmark": steer.name, "data_sha256": _sha256(Path(f)), "model": model_name,
-                    "direction_method": direction_method, "seed": seed, **settings,
-                    "n_test": n_eff, **vers}
+                    "direction_method": direction_method, "seed": seed, **cell_settings,
+                    **vers}
             dirs, dir_seconds = None, None
             for method in methods_list:
                 proto = {**base, "method": method}
@@ -520,8 +521,8 @@ def run_benchmarks(
                     dir_seconds = time.perf_counter() - t
                 t = time.perf_counter()
                 try:
-                    row, new_gens = run_cell(m, steer, method, settings, dirs=dirs, seed=seed,
-                                             progress=progress)
+                    row, new_gens = run_cell(m, steer, method, cell_settings, dirs=dirs,
+                                             seed=seed, progress=progress)
                 except (cl.TrainingError, FloatingPointError, RuntimeError, ValueError) as err:
                     row, new_gens = {"status": "error", "error": f"{type(err).__name__}: {err}",
                                      "test_nll": float("nan")}, []
