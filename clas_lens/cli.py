@@ -15,9 +15,6 @@ import sys
 from pathlib import Path
 
 
-BENCH_METHODS = ("base_prompt", "steer_prompt", "las", "las_layerwise", "clas", "reft", "lora")
-
-
 def _int_at_least(low: int):
     def parse(text: str) -> int:
         try:
@@ -93,10 +90,8 @@ def _cmd_train(args) -> int:
     dirs = cl.fit_directions(model, contrast, method=args.method, layers=args.layers,
                              seed=args.seed)
     steerer = cl.CLASSteerer(dirs)
+    # train() records its settings, seed and best epoch in steerer.extra (saved in cfg.json)
     hist = cl.train(model, steerer, steer.train, steer.valid, epochs=args.epochs, seed=args.seed)
-    # provenance: the seed and settings of this run go into the saved cfg.json
-    steerer.extra = {**steerer.extra, "train": dict(hist.settings),
-                     "best_epoch": hist.best_epoch, "best_valid_loss": hist.best_valid_loss}
     steerer.save(args.out)
     dirs.save(Path(args.out) / "directions")
     print(f"valid loss {hist.valid_losses[0]:.4f} -> {hist.best_valid_loss:.4f} "
@@ -105,14 +100,13 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from clas_lens.bench.harness import run_benchmarks
+    from clas_lens.bench.harness import parse_methods, run_benchmarks
 
     if args.methods is not None:
-        names = [m.strip() for m in args.methods.split(",")]
-        bad = [m for m in names if m not in BENCH_METHODS]
-        if bad or not names:
-            args._parser.error(f"argument --methods: unknown method(s) {bad} "
-                               f"(choose from {', '.join(BENCH_METHODS)})")
+        try:
+            parse_methods(args.methods)
+        except ValueError as err:
+            args._parser.error(f"argument --methods: {err}")
     _check_direction_method(args, args.direction_method, "--direction-method")
     paths = args.paths or _default_bench_path()
     if not paths:

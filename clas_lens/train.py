@@ -329,7 +329,9 @@ def train(
         hist.seconds = time.perf_counter() - t0
         if valid_pairs:
             hist.best_valid_loss = best
-        steerer.extra = {**steerer.extra, "train": {**hist.settings, "best_epoch": hist.best_epoch}}
+        best_loss = hist.best_valid_loss if math.isfinite(hist.best_valid_loss) else None
+        steerer.extra = {**steerer.extra, "train": {**hist.settings, "best_epoch": hist.best_epoch,
+                                                    "best_valid_loss": best_loss}}
     return hist
 
 
