@@ -299,15 +299,15 @@ def fit_context(model, ids: list[int], where: str, *, truncate: bool = False,
     is the BOS token; otherwise a ``ValueError`` names ``where`` and both lengths.
     """
     limit = context_length(model) - int(reserve)
+    if len(ids) <= limit:
+        return list(ids)
+    if not truncate:
+        check_length(model, len(ids) + int(reserve), where)
     if limit < 1:
         raise ValueError(
             f"{where}: reserving {reserve} positions leaves no room in the model's context "
             f"of {context_length(model)}"
         )
-    if len(ids) <= limit:
-        return list(ids)
-    if not truncate:
-        check_length(model, len(ids) + int(reserve), where)
     bos = model.tokenizer.bos_token_id
     if bos is not None and ids and ids[0] == bos and limit > 1:
         return [ids[0]] + list(ids[len(ids) - (limit - 1):])

@@ -63,10 +63,7 @@ def encode_pairs(model, pairs, *, chat: bool = True, max_completion_tokens: int 
         cids = completion_ids(model, c)
         if max_completion_tokens is not None and len(cids) > max_completion_tokens:
             cids = cids[:max_completion_tokens]
-        if truncate:
-            pids = fit_context(model, pids, f"pair {i}", truncate=True, reserve=len(cids))
-        else:
-            check_length(model, len(pids) + len(cids), f"pair {i}")
+        pids = fit_context(model, pids, f"pair {i}", truncate=truncate, reserve=len(cids))
         out.append((pids + cids, len(pids)))
     return out
 
@@ -203,12 +200,12 @@ def _groups(steerer: Steerer, lr) -> list[dict]:
     return groups
 
 
-
 def train(
     model, steerer: Steerer, train_pairs, valid=None, *, epochs: int = 8,
     lr: float | dict | None = None, seed: int = 0, batch_size: int | None = None,
-    micro_batch_size: int | None = None, micro_batch_tokens: int = 512, weight_decay: float = 0.0, progress: bool = True,
-    max_completion_tokens: int | None = None, truncate: bool = False,
+    micro_batch_size: int | None = None, micro_batch_tokens: int = 512,
+    weight_decay: float = 0.0, progress: bool = True, max_completion_tokens: int | None = None,
+    truncate: bool = False,
 ) -> TrainHistory:
     """Train a steerer on (prompt, completion) pairs with the model frozen.
 

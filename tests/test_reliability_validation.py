@@ -82,6 +82,13 @@ def test_long_prompt_errors_unless_truncate(tiny):
         cl.generate(tiny, None, ["hi"], max_new_tokens=n_ctx, progress=False)
     with pytest.raises(ValueError, match="pair 0 is .* tokens long"):
         cl.completion_nll(tiny, None, [("hi", long)])
+    with pytest.raises(ValueError, match="pair 0: reserving .* leaves no room"):
+        cl.completion_nll(tiny, None, [("hi", long)], truncate=True)  # the target alone is too long
+    # a reservation filling the context: the length error, or with truncate=True "no room"
+    with pytest.raises(ValueError, match=r"x is \d+ tokens long, more than the model's context"):
+        fit_context(tiny, ids[:3], "x", reserve=n_ctx)
+    with pytest.raises(ValueError, match="leaves no room"):
+        fit_context(tiny, ids[:3], "x", truncate=True, reserve=n_ctx)
     assert n_hooks(tiny) == 0
 
 
