@@ -432,10 +432,9 @@ def _check_rank(rank) -> int:
 
 
 def _layers_of(directions, layers) -> list[int]:
-    if layers is not None:
-        dlist = [directions] if isinstance(directions, Directions) else list(directions)
-        return validate_layers(layers, dlist[0].n_layers)
     dlist = [directions] if isinstance(directions, Directions) else list(directions)
+    if layers is not None:
+        return validate_layers(layers, dlist[0].n_layers)
     return sorted(set.intersection(*[set(d.layers) for d in dlist]))
 
 
