@@ -19,7 +19,6 @@ import statistics
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

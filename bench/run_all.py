@@ -140,8 +140,8 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=str) + "\n")
     print()
-    print(f"| measure | value | target | met |")
-    print(f"|---|---|---|---|")
+    print("| measure | value | target | met |")
+    print("|---|---|---|---|")
     for key, label, op, tv in TARGETS:
         v = summary.get(key)
         met = ok(v, op, tv)

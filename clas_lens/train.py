@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from clas_lens.data import SteerSet
 from clas_lens.model import (
-    check_batch_size, chat_ids, check_length, completion_ids, fit_context, model_device, pad_id,
+    check_batch_size, chat_ids, completion_ids, fit_context, model_device, pad_id,
 )
 from clas_lens.steerers import LASSteerer, Steerer
 
