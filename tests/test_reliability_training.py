@@ -155,30 +155,23 @@ def test_bad_training_arguments(tiny, dirs):
 
 # ---- settings and states that training refuses ------------------------------------
 
-def gap(fix: str):
-    """Label a test with the rule it checks (documentation only)."""
-    return lambda fn: fn
-
-
-@gap("_groups should refuse a negative or non-finite learning rate")
 @pytest.mark.parametrize("lr", [-1.0, float("nan"), {"W": float("inf")}])
-def test_gap_learning_rates_validated(tiny, dirs, lr):
+def test_learning_rates_validated(tiny, dirs, lr):
+    """A negative or non-finite learning rate is refused."""
     with pytest.raises(ValueError, match="lr"):
         cl.train(tiny, cl.CLASSteerer(dirs), TRAIN, epochs=1, lr=lr, progress=False)
 
 
-@gap("after opt.step(), non-finite parameters should raise TrainingError (lr=nan for one "
-     "epoch without valid data returns a steerer full of NaN today)")
-def test_gap_non_finite_parameters_after_a_step(tiny, dirs):
+def test_non_finite_parameters_after_a_step(tiny, dirs):
+    """Non-finite parameters after an optimiser step stop training; none are kept."""
     st = cl.CLASSteerer(dirs)
     with pytest.raises((cl.TrainingError, ValueError)):
         cl.train(tiny, st, TRAIN, epochs=1, lr=float("nan"), progress=False)
     assert all(torch.isfinite(p).all() for p in st.parameters())
 
 
-@gap("a non-finite valid loss is skipped silently; it should warn (or raise TrainingError "
-     "when the epoch-0 valid loss is already non-finite)")
-def test_gap_non_finite_valid_loss_is_reported(tiny, dirs):
+def test_non_finite_valid_loss_is_reported(tiny, dirs):
+    """A non-finite valid loss warns (or raises TrainingError), never passes silently."""
     st = Poisoned(dirs, at=1, in_eval=True)
     with pytest.warns(UserWarning, match="valid"):
         try:
@@ -187,9 +180,8 @@ def test_gap_non_finite_valid_loss_is_reported(tiny, dirs):
             pass
 
 
-@gap("grid_search_las should refuse non-finite grid values and raise when every score is "
-     "non-finite (grid=[nan] returns best=nan today)")
-def test_gap_las_grid_non_finite(tiny, dirs):
+def test_las_grid_non_finite(tiny, dirs):
+    """grid_search_las refuses non-finite grid values."""
     with pytest.raises(ValueError):
         cl.grid_search_las(tiny, cl.LASSteerer(dirs), TRAIN[:2], grid=[float("nan")],
                            progress=False)

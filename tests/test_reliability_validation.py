@@ -351,17 +351,10 @@ def test_directions_from_two_models_cannot_be_stacked(tiny, tiny_other):
 
 # ---- validation in steerers.py / train.py / trace.py ---------------------------------
 
-def gap(where: str, fix: str):
-    """Label a test with the module and rule it checks (documentation only)."""
-    return lambda fn: fn
-
-
-@gap("steerers.py", "_stack_directions/_layers_of/_check_layers should call "
-     "clas_lens.directions.validate_layers (1.5 -> 1, [0, 0] steers layer 0 twice, [] -> "
-     "'stack expects a non-empty TensorList')")
 @pytest.mark.parametrize("layers,match", [([1.5], "not an integer"), ([0, 0], "duplicates"),
                                           ([], "layers is empty")])
-def test_gap_steerer_layer_lists_validated(tiny, layers, match):
+def test_steerer_layer_lists_validated(tiny, layers, match):
+    """Steerers check their layer lists like directions do (validate_layers)."""
     dirs = random_directions(tiny)
     with pytest.raises((TypeError, ValueError), match=match):
         cl.CLASSteerer(dirs, layers=layers)
@@ -369,21 +362,18 @@ def test_gap_steerer_layer_lists_validated(tiny, layers, match):
         cl.ReFTSteerer(tiny, layers=layers)
 
 
-@gap("steerers.py", "ReFTSteerer/LoRASteerer should raise ValueError('rank must be >= 1') "
-     "(rank=0: a silent no-op ReFT, ZeroDivisionError in LoRA; rank=-1: torch RuntimeError)")
 @pytest.mark.parametrize("make", [lambda m: cl.ReFTSteerer(m, rank=0),
                                   lambda m: cl.ReFTSteerer(m, rank=-1),
                                   lambda m: cl.LoRASteerer(m, rank=0)])
-def test_gap_rank_validated(tiny, make):
+def test_rank_validated(tiny, make):
+    """ReFT and LoRA refuse a rank below 1 with a ValueError naming the rank."""
     with pytest.raises(ValueError, match="rank"):
         make(tiny)
 
 
-@gap("steerers.py", "Steerer.apply (or fwd_hooks) should check_finite(state_dict) and "
-     "LASSteerer.set / LoRA lora_alpha should refuse non-finite values; today a NaN "
-     "parameter silently gives NaN logits and garbage text")
 @pytest.mark.parametrize("which", ["las", "clas", "lora_alpha"])
-def test_gap_non_finite_steerer_parameters_refused(tiny, which):
+def test_non_finite_steerer_parameters_refused(tiny, which):
+    """NaN parameters are refused when set or applied (never NaN logits in silence)."""
     dirs = random_directions(tiny)
     with pytest.raises(ValueError, match="NaN|finite"):
         if which == "las":
@@ -399,29 +389,26 @@ def test_gap_non_finite_steerer_parameters_refused(tiny, which):
     assert n_hooks(tiny) == 0
 
 
-@gap("trace.py / train.py", "trace() and completion_nll() should check batch_size >= 1 "
-     "(today: 'range() arg 3 must not be zero')")
-def test_gap_batch_size_validated(tiny):
+def test_batch_size_validated(tiny):
+    """trace() and completion_nll() refuse batch_size 0 with a message naming it."""
     with pytest.raises(ValueError, match="batch_size"):
         cl.trace(tiny, None, ["hi"], batch_size=0)
     with pytest.raises(ValueError, match="batch_size"):
         cl.completion_nll(tiny, None, [("a", "b")], batch_size=0)
 
 
-@gap("trace.py", "generate() should refuse temperature <= 0 when sampling, top_k < 1 or "
-     "larger than the vocabulary ('selected index k out of range'), repetition_penalty <= 0")
 @pytest.mark.parametrize("kw", [dict(do_sample=True, temperature=0.0),
                                 dict(do_sample=True, top_k=10**6),
                                 dict(repetition_penalty=0.0)])
-def test_gap_generation_settings_validated(tiny, kw):
+def test_generation_settings_validated(tiny, kw):
+    """generate() refuses temperature <= 0 when sampling, top_k outside the vocabulary
+    and repetition_penalty <= 0."""
     with pytest.raises(ValueError):
         cl.generate(tiny, None, ["hi"], max_new_tokens=1, progress=False, **kw)
 
 
-@gap("trace.py / train.py", "trace(), generate(), encode_pairs()/train()/completion_nll() "
-     "should take truncate=False and use clas_lens.model.fit_context (the context error "
-     "already says 'pass truncate=True where supported')")
-def test_gap_truncate_in_trace_and_training(tiny):
+def test_truncate_in_trace_and_training(tiny):
+    """trace() and completion_nll() take truncate=True, as the context error suggests."""
     long = "hello world " * 200
     res = cl.trace(tiny, None, [long], truncate=True)
     assert len(res.token_ids[0]) <= context_length(tiny)
