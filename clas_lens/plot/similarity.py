@@ -185,31 +185,27 @@ def similarity_matrix_plot_mpl(sm, *, title: str | None = None, ax=None):
                               annotate=False, ax=ax)
 
 
-def _method_pairs(ms) -> dict:
-    out = {}
+def _method_args(ms, title):
+    """Arguments of :func:`similarity_plot` for every pair of an ``analysis.MethodSimilarity``."""
+    pairs = {}
     for i in range(len(ms.names)):
         for j in range(i + 1, len(ms.names)):
-            out[f"{ms.names[i]} vs {ms.names[j]}"] = _np(ms.cos[i, j])
-    return out
+            pairs[f"{ms.names[i]} vs {ms.names[j]}"] = _np(ms.cos[i, j])
+    names = list(pairs)
+    n = len(ms.layers)
+    return dict(layers=ms.layers, values=pairs[names[0]], null_low=[ms.null.lo] * n,
+                null_high=[ms.null.hi] * n, label=names[0],
+                extra={k: pairs[k] for k in names[1:]},
+                title=title or "cosine between direction sets per layer")
 
 
 def method_similarity_plot(ms, *, title: str | None = None):
     """Per-layer cosine of every pair in an ``analysis.MethodSimilarity``, with the null band."""
-    pairs = _method_pairs(ms)
-    names = list(pairs)
-    n = len(ms.layers)
-    return similarity_plot(ms.layers, pairs[names[0]], null_low=[ms.null.lo] * n,
-                           null_high=[ms.null.hi] * n, label=names[0],
-                           extra={k: pairs[k] for k in names[1:]},
-                           title=title or "cosine between direction sets per layer")
+    a = _method_args(ms, title)
+    return similarity_plot(a.pop("layers"), a.pop("values"), **a)
 
 
 def method_similarity_plot_mpl(ms, *, title: str | None = None, ax=None):
     """Static twin of :func:`method_similarity_plot`."""
-    pairs = _method_pairs(ms)
-    names = list(pairs)
-    n = len(ms.layers)
-    return similarity_plot_mpl(ms.layers, pairs[names[0]], null_low=[ms.null.lo] * n,
-                               null_high=[ms.null.hi] * n, label=names[0],
-                               extra={k: pairs[k] for k in names[1:]}, ax=ax,
-                               title=title or "cosine between direction sets per layer")
+    a = _method_args(ms, title)
+    return similarity_plot_mpl(a.pop("layers"), a.pop("values"), ax=ax, **a)
