@@ -391,6 +391,7 @@ def write_reports(out: str | os.PathLike = "results", *, command: str | None = N
         The rows of the CSV.
     """
     from clas_lens.bench import report
+    from clas_lens.plot import save_png
 
     out = Path(out)
     rows = read_results(out / CSV_NAME)
@@ -405,7 +406,7 @@ def write_reports(out: str | os.PathLike = "results", *, command: str | None = N
     fig_path = Path(figure) if figure else (
         out.parent / "figures" / "bench_test_nll.png" if figure is None else None)
     if fig_path is not None:
-        report.save_figure(report.nll_figure(rows), fig_path)
+        save_png(report.nll_figure(rows), fig_path, dpi=120)
     return rows
 
 

@@ -241,13 +241,5 @@ def nll_figure(rows: list[dict], *, col: str = "test_nll", ylabel: str = "test N
     return fig
 
 
-def save_figure(fig, path: str | os.PathLike, *, dpi: int = 120) -> Path:
-    """Save a figure as PNG (the folder is created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    return path
-
-
 __all__ = ["cost_table", "metric_tables", "nll_figure", "nll_table", "render_markdown",
-           "save_figure", "write_markdown"]
+           "write_markdown"]
