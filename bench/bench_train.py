@@ -19,7 +19,7 @@ import torch
 
 from clas_lens.directions import resid_hook
 from clas_lens.model import model_device, pad_id
-from clas_lens.train import _nll_sums, encode_pairs
+from clas_lens.losses import encode_pairs, nll_sums
 
 
 def run(args, model=None) -> dict:
@@ -58,7 +58,7 @@ def run(args, model=None) -> dict:
             t.grad = None
         with model.hooks(fwd_hooks=base_hooks):
             for m in range(0, len(enc), micro):
-                sums, _ = _nll_sums(model, enc[m:m + micro], pad, device)
+                sums, _ = nll_sums(model, enc[m:m + micro], pad, device)
                 (sums.sum() / n_tok).backward()
 
     with C.PeakRSS() as mon:

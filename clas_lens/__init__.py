@@ -29,8 +29,9 @@ from clas_lens.steerers import (
 )
 
 # floor 4: training and traces
-from clas_lens.train import TrainHistory, TrainingError, completion_nll, grid_search_las, train
-from clas_lens.trace import GenerationResult, generate, trace
+from clas_lens.losses import completion_nll
+from clas_lens.training import TrainHistory, TrainingError, grid_search_las, train
+from clas_lens.tracing import GenerationResult, generate, trace
 
 # floor 5: the lens, imported on first use so that `import clas_lens` stays light
 #   clas_lens.analysis  strength summaries, cosine with null bands, layer sweeps, attribution

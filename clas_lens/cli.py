@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     from clas_lens.data import DataError
     from clas_lens.io import ArtifactError
     from clas_lens.model import ModelNotAvailableError
-    from clas_lens.train import TrainingError
+    from clas_lens.training import TrainingError
 
     try:
         return int(args.fn(args) or 0)

@@ -330,7 +330,7 @@ class LayerwiseLASSteerer(Steerer):
 class LASSteerer(LayerwiseLASSteerer):
     """Linear activation steering with ONE coefficient for all layers: ``h' = h + c v_l``.
 
-    ``c`` is set by :func:`clas_lens.train.grid_search_las` (or by hand: ``steerer.set(c)``).
+    ``c`` is set by :func:`clas_lens.training.grid_search_las` (or by hand: ``steerer.set(c)``).
     """
 
     kind = "las"

@@ -9,8 +9,8 @@ import torch
 
 from clas_lens import analysis as an
 from clas_lens.steerers import CLASSteerer, LASSteerer, ReFTSteerer
-from clas_lens.trace import GenerationResult, trace
-from clas_lens.train import completion_nll
+from clas_lens.tracing import GenerationResult, trace
+from clas_lens.losses import completion_nll
 from conftest import n_hooks, random_directions, randomize
 
 PAIRS = [

@@ -10,8 +10,8 @@ import torch
 
 from clas_lens import plot
 from clas_lens.directions import Directions
-from clas_lens.trace import GenerationResult
-from clas_lens.train import TrainHistory
+from clas_lens.tracing import GenerationResult
+from clas_lens.training import TrainHistory
 
 go = pytest.importorskip("plotly.graph_objects")
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402

@@ -11,8 +11,8 @@ from typing import Callable, Sequence
 
 from clas_lens.analysis.sweeps import _check_coefficients
 from clas_lens.steerers import Steerer
-from clas_lens.trace import generate
-from clas_lens.train import as_pairs, completion_nll
+from clas_lens.tracing import generate
+from clas_lens.losses import as_pairs, completion_nll
 
 
 def dose_response(model, steerer: Steerer, pairs, scales: Sequence[float] = (0, 0.5, 1, 2), *,

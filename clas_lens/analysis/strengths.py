@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from clas_lens.trace import GenerationResult
+from clas_lens.tracing import GenerationResult
 
 
 def _strengths(result: GenerationResult, rank_index: int = 0) -> Float[Tensor, "batch pos layer"]:
@@ -43,7 +43,7 @@ def strength_summary(result: GenerationResult, rank_index: int = 0) -> list[dict
     """Per-prompt summary of the steering strength over its real tokens.
 
     Args:
-        result: a :class:`~clas_lens.trace.GenerationResult` with strengths.
+        result: a :class:`~clas_lens.tracing.GenerationResult` with strengths.
         rank_index: which rank to read when the steerer has rank > 1.
 
     Returns:
@@ -155,8 +155,8 @@ def compare_strengths(result_a: GenerationResult, result_b: GenerationResult, *,
     (continuations that diverge have different contexts, so they are left out).
 
     Args:
-        result_a, result_b: results on the same prompts (from :func:`~clas_lens.trace.trace`
-            or :func:`~clas_lens.trace.generate`).
+        result_a, result_b: results on the same prompts (from :func:`~clas_lens.tracing.trace`
+            or :func:`~clas_lens.tracing.generate`).
         rank_index: which rank when rank > 1.
 
     Returns:

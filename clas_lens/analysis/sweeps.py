@@ -25,7 +25,8 @@ from clas_lens.analysis.residual_cache import ResidualCache
 from clas_lens.directions import Directions, check_layers, resid_hook
 from clas_lens.model import model_device, pad_id
 from clas_lens.steerers import CLASSteerer
-from clas_lens.train import _collate, completion_nll, encode_pairs, train
+from clas_lens.losses import collate, completion_nll, encode_pairs, token_nll_sums
+from clas_lens.training import train
 
 
 @dataclass
@@ -60,15 +61,6 @@ class SweepResult:
         return {"layer": self.layers[k], "nll": float(self.nll[k])}
 
 
-def _nll_sums(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Summed completion cross-entropy and token count per example."""
-    tgt = labels[:, 1:]
-    ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), tgt, ignore_index=-100,
-                         reduction="none")
-    valid = tgt != -100
-    return (ce * valid).sum(1), valid.sum(1)
-
-
 def _nll_from_hidden(cache: ResidualCache, h: Tensor, labels: Tensor) -> Tensor:
     """Summed completion NLL per row, unembedding only the positions that carry a loss."""
     tgt = labels[:, 1:]
@@ -92,7 +84,7 @@ def _sweep_chunk_cached(model, dirs, layers, cs, ids, mask, labels, coef_batch, 
     cache = ResidualCache(model, ids, mask)
     if verify:
         cache.verify()
-    base = _nll_sums(cache.full_logits, labels)
+    base = token_nll_sums(cache.full_logits, labels)
     S = torch.zeros(len(layers), len(cs), dtype=torch.float64)
     B = ids.shape[0]
     for i, l in enumerate(layers):
@@ -109,14 +101,14 @@ def _sweep_chunk_cached(model, dirs, layers, cs, ids, mask, labels, coef_batch, 
 def _sweep_chunk_naive(model, dirs, layers, cs, ids, mask, labels):
     S = torch.zeros(len(layers), len(cs), dtype=torch.float64)
     with torch.inference_mode():
-        base = _nll_sums(model(ids, attention_mask=mask), labels)
+        base = token_nll_sums(model(ids, attention_mask=mask), labels)
         for i, l in enumerate(layers):
             v = dirs.vector(l).to(ids.device)
             for j, c in enumerate(cs):
                 def add(h, hook=None, c=c, v=v):
                     return (h.float() + c * v).to(h.dtype)
                 with model.hooks(fwd_hooks=[(resid_hook(l), add)]):
-                    S[i, j] = float(_nll_sums(model(ids, attention_mask=mask), labels)[0].sum())
+                    S[i, j] = float(token_nll_sums(model(ids, attention_mask=mask), labels)[0].sum())
     return S, float(base[0].sum()), int(base[1].sum())
 
 
@@ -159,7 +151,7 @@ def layer_sweep_las(model, directions: Directions, pairs, coefficients: Sequence
     S = torch.zeros(len(layers), len(cs), dtype=torch.float64)
     base, n_tok = 0.0, 0
     for k in range(0, len(enc), batch_size):
-        ids, mask, labels = _collate(enc[k:k + batch_size], pad, device)
+        ids, mask, labels = collate(enc[k:k + batch_size], pad, device)
         if cached:
             s, b, n = _sweep_chunk_cached(model, directions, layers, cs, ids, mask, labels,
                                           max(1, coef_batch), verify and k == 0)
@@ -189,7 +181,7 @@ def layer_sweep_clas(model, directions: Directions, train_pairs, valid_pairs,
         train_pairs, valid_pairs: pairs to train on and to score (best valid NLL).
         layers: layers to sweep (default: all the directions cover).
         epochs: training epochs per layer.
-        **train_kw: passed to :func:`~clas_lens.train.train` (``lr``, ``seed``, ...).
+        **train_kw: passed to :func:`~clas_lens.training.train` (``lr``, ``seed``, ...).
 
     Returns:
         A :class:`SweepResult` with ``nll [layer]`` (best valid NLL of each layer's steerer)

@@ -8,10 +8,10 @@ and every method, one *cell* is run and written as one row of ``results/benchmar
   asked for in words); its NLL is that of the target ``y`` given that prompt;
 * ``las``           - :class:`~clas_lens.steerers.LASSteerer`, one coefficient for all
   layers, chosen by completion NLL on the TRAIN pairs over the scale-aware grid of
-  :func:`clas_lens.train.las_grid` (``las_grid_size`` evenly spaced values from 0 to
+  :func:`clas_lens.training.las_grid` (``las_grid_size`` evenly spaced values from 0 to
   ``4 |h| / L``);
 * ``las_layerwise``, ``clas``, ``reft``, ``lora`` - trained with
-  :func:`clas_lens.train.train` on the train pairs, checkpoint chosen on the valid pairs.
+  :func:`clas_lens.training.train` on the train pairs, checkpoint chosen on the valid pairs.
 
 Probe directions (for ``las``, ``las_layerwise`` and ``clas``) are fitted once per
 benchmark on the template contrasts of the train and valid rows
@@ -260,7 +260,7 @@ def run_cell(model, steer, method: str, settings: dict, *, dirs=None, seed: int 
     """Run one (benchmark, method) cell; returns its result row and its generations."""
     import clas_lens as cl
     from clas_lens.bench import metrics
-    from clas_lens.train import las_grid
+    from clas_lens.training import las_grid
 
     cap = int(settings["max_completion_tokens"])
     name = steer.name

@@ -181,9 +181,9 @@ def render_markdown(rows: list[dict], *, command: str | None = None, notes: str 
         "",
         "Methods: `base_prompt` / `steer_prompt` are the unsteered model on the base / steer "
         "prompt; `las` has one coefficient for all layers chosen on the train pairs' NLL (targets "
-        "capped as in training) over the grid in the `las_grid` column (`clas_lens.train.las_grid`: evenly spaced from 0 to "
+        "capped as in training) over the grid in the `las_grid` column (`clas_lens.training.las_grid`: evenly spaced from 0 to "
         "4 |h| / L); `las_layerwise`, `clas`, `reft` and `lora` are trained with "
-        "`clas_lens.train.train` (AdamW, default learning rates, full batch, checkpoint chosen "
+        "`clas_lens.training.train` (AdamW, default learning rates, full batch, checkpoint chosen "
         "on the valid pairs). Directions: fitted once per benchmark on the template contrasts "
         "of the train and valid rows (`direction_acc_mean`: mean held-out probe accuracy over "
         "layers). Generation is greedy, without repetition penalty (`repetition_penalty` 1.0: "

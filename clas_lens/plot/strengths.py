@@ -35,7 +35,7 @@ def strength_heatmap(result, index: int = 0, *, layers: Sequence[int] | None = N
     """Tokens x layers heatmap of one example's steering strengths (plotly).
 
     Args:
-        result: a :class:`~clas_lens.trace.GenerationResult`.
+        result: a :class:`~clas_lens.tracing.GenerationResult`.
         index: which example.
         layers: subset of the steered layers (default: all).
         title: figure title (default: the prompt).

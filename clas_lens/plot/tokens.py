@@ -2,7 +2,7 @@
 
 ``clean_token``/``token_label`` turn byte-level BPE token strings into readable text
 and compact axis labels; ``example_matrix`` cuts one example's ``[pos, layer]``
-values out of a :class:`~clas_lens.trace.GenerationResult`, and ``token_range``
+values out of a :class:`~clas_lens.tracing.GenerationResult`, and ``token_range``
 picks a robust zero-centred colour limit for such values. ``token_html`` (shown in
 a notebook by ``show_tokens``) writes an example's tokens as HTML, each shaded on
 the diverging scale by its strength.
@@ -160,7 +160,7 @@ def token_html(result, index: int = 0, layer: int | None = None, *, which: str =
     """The example's tokens as HTML, each shaded by its strength (blue < 0 < red).
 
     Args:
-        result: a :class:`~clas_lens.trace.GenerationResult`.
+        result: a :class:`~clas_lens.tracing.GenerationResult`.
         index: which example.
         layer: a steered layer, or ``None`` for the mean over the steered layers.
         which: ``"strengths"`` or ``"projections"``.

@@ -1,6 +1,6 @@
 """Figures of fitting: steerer training curves and probe accuracy per layer.
 
-``training_curves`` plots a :class:`~clas_lens.train.TrainHistory` (completion
+``training_curves`` plots a :class:`~clas_lens.training.TrainHistory` (completion
 loss, parameter norms); ``probe_accuracy`` the held-out accuracy per layer of one
 or more :class:`~clas_lens.directions.Directions`, against chance.
 """
@@ -33,7 +33,7 @@ def _history_series(history) -> dict:
 
 def training_curves(history, *, title: str | None = None):
     """Loss (train per step, valid per epoch) and parameter norms of a
-    :class:`~clas_lens.train.TrainHistory` (plotly, two panels)."""
+    :class:`~clas_lens.training.TrainHistory` (plotly, two panels)."""
     from plotly.subplots import make_subplots
 
     go = _go()

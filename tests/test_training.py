@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import clas_lens as cl
-from clas_lens.train import _collate, encode_pairs
+from clas_lens.losses import collate, encode_pairs
 from conftest import n_hooks, random_directions, randomize
 
 
@@ -27,7 +27,7 @@ def task(tiny):
 
 def test_labels_cover_completion_only(tiny):
     enc = encode_pairs(tiny, [("hello", "world"), ("The capital of France", "Paris!")])
-    ids, mask, labels = _collate(enc, 1, "cpu")
+    ids, mask, labels = collate(enc, 1, "cpu")
     for i, (seq, n) in enumerate(enc):
         assert torch.all(labels[i, :n] == -100)
         assert labels[i, n:len(seq)].tolist() == seq[n:]

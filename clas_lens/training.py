@@ -18,135 +18,19 @@ import copy
 import math
 import time
 import warnings
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from clas_lens.data import SteerSet
-from clas_lens.model import (
-    check_batch_size, chat_ids, completion_ids, fit_context, model_device, pad_id,
-)
+from clas_lens.losses import as_pairs, completion_nll, encode_pairs, nll_sums
+from clas_lens.model import model_device, pad_id
 from clas_lens.steerers import LASSteerer, Steerer
 
 
 class TrainingError(RuntimeError):
     """Training stopped (non-finite loss); the best parameters so far were kept."""
-
-
-def as_pairs(data) -> list[tuple[str, str]]:
-    """Accept a :class:`SteerSet` or a sequence of ``(prompt, completion)`` tuples."""
-    if isinstance(data, SteerSet):
-        return data.pairs
-    pairs = [tuple(p) for p in data]
-    if not pairs:
-        raise ValueError("no (prompt, completion) pairs given")
-    for i, p in enumerate(pairs):
-        if len(p) != 2 or not all(isinstance(x, str) for x in p):
-            raise TypeError(f"pair {i} is not a (prompt, completion) pair of strings")
-    return pairs
-
-
-def encode_pairs(model, pairs, *, chat: bool = True, max_completion_tokens: int | None = None,
-                 truncate: bool = False) -> list[tuple[list[int], int]]:
-    """Token ids ``prompt + completion + end-of-turn`` and the prompt length, per pair.
-
-    ``max_completion_tokens`` truncates long targets (the end-of-turn token is then dropped);
-    ``truncate=True`` keeps the end of a prompt too long for the context instead of raising.
-    """
-    out = []
-    for i, (p, c) in enumerate(as_pairs(pairs)):
-        pids = chat_ids(model, p, chat=chat)
-        cids = completion_ids(model, c)
-        if max_completion_tokens is not None and len(cids) > max_completion_tokens:
-            cids = cids[:max_completion_tokens]
-        pids = fit_context(model, pids, f"pair {i}", truncate=truncate, reserve=len(cids))
-        out.append((pids + cids, len(pids)))
-    return out
-
-
-def _collate(encoded, pad: int, device):
-    """Right-padded ids, attention mask and labels (-100 on prompt and padding)."""
-    width = max(len(ids) for ids, _ in encoded)
-    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    labels = torch.full_like(ids, -100)
-    for i, (seq, n_prompt) in enumerate(encoded):
-        ids[i, : len(seq)] = torch.tensor(seq)
-        mask[i, : len(seq)] = 1
-        labels[i, n_prompt: len(seq)] = torch.tensor(seq[n_prompt:])
-    return ids.to(device), mask.to(device), labels.to(device)
-
-
-class _TokenCE(torch.autograd.Function):
-    """Per-token cross-entropy ``logsumexp(x) - x[target]`` over the last dim of ``x``.
-
-    Used when gradients are needed. Same values as ``F.cross_entropy`` up to float
-    rounding, but it saves only a reference to the logits instead of a log-softmax
-    copy, and writes the input gradient into one buffer: the peak memory of a training
-    step is one logit-sized tensor lower (236 MB for 4 x 300 tokens of a 49k
-    vocabulary). Ignored targets (``-100``) give 0.
-    """
-
-    @staticmethod
-    def forward(ctx, x, tgt):
-        valid = tgt != -100
-        safe = torch.where(valid, tgt, torch.zeros_like(tgt)).unsqueeze(-1)
-        lse = torch.logsumexp(x, -1)
-        ce = torch.where(valid, lse - x.gather(-1, safe).squeeze(-1), torch.zeros_like(lse))
-        ctx.save_for_backward(x, lse, safe, valid)
-        return ce
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, lse, safe, valid = ctx.saved_tensors
-        g = torch.where(valid, grad, torch.zeros_like(grad)).unsqueeze(-1)
-        out = torch.sub(x, lse.unsqueeze(-1))
-        out.exp_().mul_(g)
-        out.scatter_add_(-1, safe, -g)
-        return out, None
-
-
-def _nll_sums(model, encoded, pad, device):
-    """Per-example summed completion NLL and token counts for one micro-batch."""
-    ids, mask, labels = _collate(encoded, pad, device)
-    logits = model(ids, attention_mask=mask)
-    tgt = labels[:, 1:]
-    if torch.is_grad_enabled() and logits.requires_grad:
-        ce = _TokenCE.apply(logits[:, :-1].float(), tgt)
-    else:
-        ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), tgt, ignore_index=-100,
-                             reduction="none")
-    valid = (tgt != -100)
-    return (ce * valid).sum(1), valid.sum(1)
-
-
-def completion_nll(model, steerer: Steerer | None, pairs, *, batch_size: int = 8,
-                   scale: float = 1.0, per_example: bool = False,
-                   max_completion_tokens: int | None = None, truncate: bool = False):
-    """Mean per-token cross-entropy of the completions given the prompts.
-
-    Returns the token-weighted mean over all pairs, or with ``per_example=True`` a
-    tensor of per-pair means.
-    """
-    check_batch_size(batch_size)
-    encoded = encode_pairs(model, pairs, max_completion_tokens=max_completion_tokens,
-                           truncate=truncate)
-    device = model_device(model)
-    sums, counts = [], []
-    ctx = steerer.apply(model, scale=scale) if steerer is not None else nullcontext()
-    with torch.inference_mode(), ctx:
-        for k in range(0, len(encoded), batch_size):
-            s, n = _nll_sums(model, encoded[k:k + batch_size], pad_id(model), device)
-            sums.append(s.cpu())
-            counts.append(n.cpu())
-    s, n = torch.cat(sums), torch.cat(counts)
-    if per_example:
-        return s / n.clamp(min=1)
-    return float(s.sum() / n.sum().clamp(min=1))
 
 
 @dataclass
@@ -288,7 +172,7 @@ def train(
                     opt.zero_grad(set_to_none=True)
                     total = 0.0
                     for micro in _micro_batches(batch, micro_batch_size, micro_batch_tokens):
-                        sums, _ = _nll_sums(model, micro, pad, device)
+                        sums, _ = nll_sums(model, micro, pad, device)
                         loss = sums.sum() / n_tok
                         loss.backward()
                         total += float(loss.detach())
