@@ -32,8 +32,8 @@ def run(args, model=None) -> dict:
             prompts = PROMPTS[:b]
             kw = dict(max_new_tokens=new, stop_at_eos=False, progress=False, batch_size=8)
             t = C.interleave({
-                "plain": lambda: C.cl.generate(model, None, prompts, **kw),
-                "steer": lambda: C.cl.generate(model, st, prompts, **kw),
+                "plain": lambda prompts=prompts, kw=kw: C.cl.generate(model, None, prompts, **kw),
+                "steer": lambda prompts=prompts, kw=kw: C.cl.generate(model, st, prompts, **kw),
             }, reps)
             # tokens/s ratio = plain time / steered time (same number of tokens)
             r = C.ratio(t, "plain", "steer")

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import common as C  # noqa: I001
 
-from clas_lens.steerers import LASSteerer
 from clas_lens.losses import encode_pairs
+from clas_lens.steerers import LASSteerer
 
 
 def run(args, model=None) -> dict:

@@ -18,8 +18,8 @@ import common as C  # noqa: I001
 import torch
 
 from clas_lens.directions import resid_hook
-from clas_lens.model import model_device, pad_id
 from clas_lens.losses import encode_pairs, nll_sums
+from clas_lens.model import model_device, pad_id
 
 
 def run(args, model=None) -> dict:

@@ -15,23 +15,28 @@ Data flows one way: model -> directions -> steerer -> trace -> analysis -> figur
 __version__ = "0.1.0"
 
 # floor 1: model, data, files
-from clas_lens.model import ModelNotAvailableError, chat_ids, load_model
 from clas_lens.data import ContrastSet, DataError, SteerSet, load_concept
-from clas_lens.io import ArtifactError
 
 # floor 2: probe directions
 from clas_lens.directions import METHODS, Directions, fit_directions, resid_activations
-
-# floor 3: steerers
-from clas_lens.steerers import (
-    CLASSteerer, LASSteerer, LayerwiseLASSteerer, LoRASteerer, ReFTSteerer, Steerer,
-    load_steerer,
-)
+from clas_lens.io import ArtifactError
 
 # floor 4: training and traces
 from clas_lens.losses import completion_nll
-from clas_lens.training import TrainHistory, TrainingError, grid_search_las, train
+from clas_lens.model import ModelNotAvailableError, chat_ids, load_model
+
+# floor 3: steerers
+from clas_lens.steerers import (
+    CLASSteerer,
+    LASSteerer,
+    LayerwiseLASSteerer,
+    LoRASteerer,
+    ReFTSteerer,
+    Steerer,
+    load_steerer,
+)
 from clas_lens.tracing import GenerationResult, generate, trace
+from clas_lens.training import TrainHistory, TrainingError, grid_search_las, train
 
 # floor 5: the lens, imported on first use so that `import clas_lens` stays light
 #   clas_lens.analysis  strength summaries, cosine with null bands, layer sweeps, attribution

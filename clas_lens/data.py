@@ -15,9 +15,9 @@ import json
 import operator
 import os
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 SPLITS = ("train", "valid", "test")
 REFERENCE_COLUMNS = ("x", "y", "base_template", "steer_template", "base_input")

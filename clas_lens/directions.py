@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import operator
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -27,10 +27,20 @@ from tqdm.auto import tqdm
 
 from clas_lens.data import ContrastSet
 from clas_lens.io import (
-    ArtifactError, check_finite, check_model_matches, load_artifact, save_artifact,
+    ArtifactError,
+    check_finite,
+    check_model_matches,
+    load_artifact,
+    save_artifact,
 )
 from clas_lens.model import (
-    chat_ids, check_batch_size, fit_context, left_pad, model_device, model_info, pad_id,
+    chat_ids,
+    check_batch_size,
+    fit_context,
+    left_pad,
+    model_device,
+    model_info,
+    pad_id,
 )
 
 
@@ -129,10 +139,10 @@ def resid_activations(
         ids, mask = left_pad(chunk, pad_id(model), device)
         store: dict[int, Tensor] = {}
 
-        def make(j):
-            return lambda h, hook=None: grab(h, j)
+        def make(j, store=store, mask=mask):
+            return lambda h, hook=None: grab(h, j, store, mask)
 
-        def grab(h, j):
+        def grab(h, j, store, mask):
             if position == "last":
                 store[j] = h[:, -1].float().cpu()
             else:
@@ -317,7 +327,7 @@ class Directions:
     """
 
     vectors: Float[Tensor, "n_layers d_model"]
-    accuracy: Float[Tensor, "n_layers"]
+    accuracy: Float[Tensor, "n_layers"]  # noqa: F821
     layers: list[int]
     method: str
     model_name: str

@@ -21,7 +21,12 @@ import torch.nn.functional as F
 
 from clas_lens.data import SteerSet
 from clas_lens.model import (
-    check_batch_size, chat_ids, completion_ids, fit_context, model_device, pad_id,
+    chat_ids,
+    check_batch_size,
+    completion_ids,
+    fit_context,
+    model_device,
+    pad_id,
 )
 from clas_lens.steerers import Steerer
 

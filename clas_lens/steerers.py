@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
 
 import torch
 from jaxtyping import Float
@@ -35,7 +35,11 @@ from torch import Tensor, nn
 
 from clas_lens.directions import Directions, resid_hook, validate_layers
 from clas_lens.io import (
-    ArtifactError, check_finite, check_model_matches, load_artifact, save_artifact,
+    ArtifactError,
+    check_finite,
+    check_model_matches,
+    load_artifact,
+    save_artifact,
 )
 from clas_lens.model import model_info
 

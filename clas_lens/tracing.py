@@ -13,9 +13,9 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from jaxtyping import Bool, Float
@@ -23,8 +23,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from clas_lens.model import (
-    chat_ids, check_batch_size, completion_ids, context_length, end_of_turn_id, fit_context,
-    left_pad, model_device, pad_id,
+    chat_ids,
+    check_batch_size,
+    completion_ids,
+    context_length,
+    end_of_turn_id,
+    fit_context,
+    left_pad,
+    model_device,
+    pad_id,
 )
 from clas_lens.steerers import Recorder, Steerer
 

@@ -18,8 +18,8 @@ import copy
 import math
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -151,7 +151,8 @@ def train(
                               max_completion_tokens=max_completion_tokens, truncate=truncate)
         hist.valid.append({"epoch": epoch, "valid_loss": loss})
         if not math.isfinite(loss):
-            warnings.warn(f"valid loss is {loss} after epoch {epoch}; that state is never kept")
+            warnings.warn(f"valid loss is {loss} after epoch {epoch}; that state is never kept",
+                          stacklevel=2)
         return loss
 
     best_state = copy.deepcopy(steerer.state_dict())
@@ -201,7 +202,8 @@ def train(
                 hist.best_epoch = epoch
     except KeyboardInterrupt:
         hist.interrupted = True
-        warnings.warn(f"training interrupted at step {step}; keeping the best parameters so far")
+        warnings.warn(f"training interrupted at step {step}; keeping the best parameters so far",
+                      stacklevel=2)
     finally:
         bar.close()
         steerer.load_state_dict(best_state)

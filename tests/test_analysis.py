@@ -6,12 +6,12 @@ import math
 
 import pytest
 import torch
+from conftest import n_hooks, random_directions, randomize
 
 from clas_lens import analysis as an
+from clas_lens.losses import completion_nll
 from clas_lens.steerers import CLASSteerer, LASSteerer, ReFTSteerer
 from clas_lens.tracing import GenerationResult, trace
-from clas_lens.losses import completion_nll
-from conftest import n_hooks, random_directions, randomize
 
 PAIRS = [
     ("Tell me about cats.", "I love cats, they are wonderful!"),

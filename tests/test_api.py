@@ -20,7 +20,7 @@ def test_lens_submodules_load_on_use():
     assert cl.plot.strength_heatmap is not None
     assert cl.bench is sys.modules["clas_lens.bench"]
     with pytest.raises(AttributeError, match="no attribute 'magic'"):
-        cl.magic
+        _ = cl.magic
 
 
 def test_import_stays_light():

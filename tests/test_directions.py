@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from conftest import n_hooks
 
 import clas_lens as cl
 from clas_lens.directions import direction_from_features, resid_activations
-from conftest import n_hooks
 
 
 def planted(n=60, d=24, seed=0, sep=3.0):

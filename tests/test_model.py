@@ -5,10 +5,10 @@ import os
 
 import pytest
 import torch
+from conftest import n_hooks
 
 import clas_lens as cl
 from clas_lens import model as M
-from conftest import n_hooks
 
 pytestmark = pytest.mark.embedded
 

@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import n_hooks
 
 import clas_lens as cl
 from clas_lens import cli
-from conftest import n_hooks
 
 COMMANDS = ["demo", "train", "bench", "figures"]
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import random_directions, randomize
 from safetensors.torch import save as st_save
 
 import clas_lens as cl
 from clas_lens import io
-from conftest import random_directions, randomize
 
 
 @pytest.fixture()

@@ -21,11 +21,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_data import COLUMNS
 
 import clas_lens as cl
 from clas_lens.directions import resid_activations
 from clas_lens.model import chat_text, completion_ids, context_length, end_of_turn_id
-from test_data import COLUMNS
 
 FUZZ = settings(derandomize=True, database=None, deadline=None, max_examples=40,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

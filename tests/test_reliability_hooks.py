@@ -15,9 +15,9 @@ Nesting rules of ``Steerer.apply`` (documented in :mod:`clas_lens.steerers`):
 
 import pytest
 import torch
+from conftest import n_hooks, random_directions, randomize
 
 import clas_lens as cl
-from conftest import n_hooks, random_directions, randomize
 
 PROMPTS = ["hello", "I love cats"]
 PAIRS = [("hello", "world"), ("I love cats", "and dogs")]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import random_directions
 
 import clas_lens as cl
-from conftest import random_directions
 
 CONTRAST = cl.ContrastSet.from_templates(
     ["cats", "dogs", "rain", "Paris", "the sun", "hello", "a cake", "music"],
@@ -132,9 +132,8 @@ if __name__ == "__main__":
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A tiny random Llama saved as a Hugging Face folder (loadable by ``load_model``)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from conftest import make_tiny_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = tmp_path_factory.mktemp("tiny_hf")
     tok = make_tiny_tokenizer(folder)

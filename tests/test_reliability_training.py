@@ -11,9 +11,9 @@
 
 import pytest
 import torch
+from conftest import n_hooks, random_directions
 
 import clas_lens as cl
-from conftest import n_hooks, random_directions
 
 TRAIN = [("hello", "world"), ("I love cats", "and dogs"), ("The weather is", "sunny"),
          ("Tell me about", "Paris"), ("world user", "hello")]

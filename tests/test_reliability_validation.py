@@ -8,12 +8,12 @@ import json
 
 import pytest
 import torch
+from conftest import n_hooks, random_directions
 
 import clas_lens as cl
 from clas_lens.data import read_csv
 from clas_lens.directions import check_layers, resid_activations
 from clas_lens.model import context_length, fit_context
-from conftest import n_hooks, random_directions
 
 CONTRAST = cl.ContrastSet.from_templates(
     ["cats", "dogs", "rain", "Paris", "the sun", "hello"], "Describe {prompt}.",

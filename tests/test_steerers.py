@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from conftest import n_hooks, random_directions, randomize
 
 import clas_lens as cl
 from clas_lens.steerers import Recorder
-from conftest import n_hooks, random_directions, randomize
 
 
 def ids_of(model, text="hello world user"):
@@ -132,7 +132,7 @@ def test_hooks_removed_after_exception_and_same_steerer_not_reapplied(tiny):
     with pytest.raises(ZeroDivisionError):
         with st.apply(tiny):
             assert n_hooks(tiny) == tiny.cfg.n_layers
-            1 / 0
+            raise ZeroDivisionError
     assert n_hooks(tiny) == 0
     with st.apply(tiny):
         with pytest.raises(RuntimeError, match="already applied"):

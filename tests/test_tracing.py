@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from conftest import n_hooks, random_directions, randomize
 
 import clas_lens as cl
-from conftest import n_hooks, random_directions, randomize
 
 PROMPTS = ["hello", "The capital of France is Paris and the weather", "I love cats"]
 

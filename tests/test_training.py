@@ -4,10 +4,10 @@ import math
 
 import pytest
 import torch
+from conftest import n_hooks, random_directions, randomize
 
 import clas_lens as cl
 from clas_lens.losses import collate, encode_pairs
-from conftest import n_hooks, random_directions, randomize
 
 
 @pytest.fixture(scope="module")

@@ -22,18 +22,34 @@ Example:
     >>> top_components(attr, 5)                                          # doctest: +SKIP
 """
 
-from clas_lens.analysis.attribution import (Attribution, attribute_layers, attribute_strength,
-                                            head_attention_sources, top_components)
+from clas_lens.analysis.attribution import (
+                                            Attribution,
+                                            attribute_layers,
+                                            attribute_strength,
+                                            head_attention_sources,
+                                            top_components,
+)
 from clas_lens.analysis.dose import dose_response
 from clas_lens.analysis.residual_cache import ResidualCache
-from clas_lens.analysis.similarity import (CosineResult, MethodSimilarity, NullBand,
-                                           SimilarityMatrix, cosine_per_layer,
-                                           layer_similarity_matrix, method_similarity, null_band,
-                                           probe_profile, readout_alignment)
-from clas_lens.analysis.strengths import (StrengthComparison, compare_strengths, layer_profile,
-                                          strength_summary)
-from clas_lens.analysis.sweeps import (SweepResult, cumulative_sweep_clas, layer_sweep_clas,
-                                       layer_sweep_las)
+from clas_lens.analysis.similarity import (
+                                            CosineResult,
+                                            MethodSimilarity,
+                                            NullBand,
+                                            SimilarityMatrix,
+                                            cosine_per_layer,
+                                            layer_similarity_matrix,
+                                            method_similarity,
+                                            null_band,
+                                            probe_profile,
+                                            readout_alignment,
+)
+from clas_lens.analysis.strengths import (
+                                            StrengthComparison,
+                                            compare_strengths,
+                                            layer_profile,
+                                            strength_summary,
+)
+from clas_lens.analysis.sweeps import SweepResult, cumulative_sweep_clas, layer_sweep_clas, layer_sweep_las
 
 __all__ = [
     "Attribution", "CosineResult", "MethodSimilarity", "NullBand", "ResidualCache",

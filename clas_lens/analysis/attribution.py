@@ -14,9 +14,9 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from torch import Tensor

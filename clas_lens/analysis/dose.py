@@ -7,12 +7,12 @@ Example:
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from clas_lens.analysis.sweeps import _check_coefficients
+from clas_lens.losses import as_pairs, completion_nll
 from clas_lens.steerers import Steerer
 from clas_lens.tracing import generate
-from clas_lens.losses import as_pairs, completion_nll
 
 
 def dose_response(model, steerer: Steerer, pairs, scales: Sequence[float] = (0, 0.5, 1, 2), *,

@@ -12,8 +12,8 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -87,7 +87,7 @@ class CosineResult:
         labels: names of the two sides.
     """
 
-    cos: Float[Tensor, "layer"]
+    cos: Float[Tensor, "layer"]  # noqa: F821
     layers: list[int]
     null: NullBand
     labels: tuple[str, str] = ("a", "b")

@@ -79,7 +79,7 @@ def strength_summary(result: GenerationResult, rank_index: int = 0) -> list[dict
 
 
 def layer_profile(result: GenerationResult, *, generated_only: bool = False, absolute: bool = True,
-                  skip_first: bool = False, rank_index: int = 0) -> Float[Tensor, "layer"]:
+                  skip_first: bool = False, rank_index: int = 0) -> Float[Tensor, "layer"]:  # noqa: F821
     """Mean strength per steered layer over real tokens (``result.layers`` gives the layers).
 
     Args:

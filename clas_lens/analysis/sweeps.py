@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +23,9 @@ from torch import Tensor
 
 from clas_lens.analysis.residual_cache import ResidualCache
 from clas_lens.directions import Directions, check_layers, resid_hook
+from clas_lens.losses import collate, completion_nll, encode_pairs, token_nll_sums
 from clas_lens.model import model_device, pad_id
 from clas_lens.steerers import CLASSteerer
-from clas_lens.losses import collate, completion_nll, encode_pairs, token_nll_sums
 from clas_lens.training import train
 
 

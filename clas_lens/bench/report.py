@@ -108,7 +108,7 @@ def cost_table(rows: list[dict]) -> str:
     for m in methods:
         mr = [r for r in rows if str(r["method"]) == m]
 
-        def mean(col):
+        def mean(col, mr=mr):
             xs = [_num(r.get(col)) for r in mr]
             xs = [x for x in xs if x is not None]
             return sum(xs) / len(xs) if xs else None
@@ -181,8 +181,9 @@ def render_markdown(rows: list[dict], *, command: str | None = None, notes: str 
         "",
         "Methods: `base_prompt` / `steer_prompt` are the unsteered model on the base / steer "
         "prompt; `las` has one coefficient for all layers chosen on the train pairs' NLL (targets "
-        "capped as in training) over the grid in the `las_grid` column (`clas_lens.training.las_grid`: evenly spaced from 0 to "
-        "4 |h| / L); `las_layerwise`, `clas`, `reft` and `lora` are trained with "
+        "capped as in training) over the grid in the `las_grid` column "
+        "(`clas_lens.training.las_grid`: evenly spaced from 0 to 4 |h| / L); `las_layerwise`, "
+        "`clas`, `reft` and `lora` are trained with "
         "`clas_lens.training.train` (AdamW, default learning rates, full batch, checkpoint chosen "
         "on the valid pairs). Directions: fitted once per benchmark on the template contrasts "
         "of the train and valid rows (`direction_acc_mean`: mean held-out probe accuracy over "

@@ -25,29 +25,62 @@ Example:
 """
 
 from clas_lens.plot._common import DIVERGING, save_png
-from clas_lens.plot.tokens import (
-    ROBUST_QUANTILE, clean_token, example_matrix, show_tokens, token_colours, token_html,
-    token_label, token_range,
-)
-from clas_lens.plot.strengths import (
-    layer_profile_plot, layer_profile_plot_mpl, prompts_heatmap, prompts_heatmap_mpl,
-    prompts_matrix, strength_heatmap, strength_heatmap_mpl,
+from clas_lens.plot.attribution import (
+    attribution_bars,
+    attribution_bars_mpl,
+    attribution_layers_plot,
+    attribution_layers_plot_mpl,
+    attribution_plot,
+    attribution_plot_mpl,
 )
 from clas_lens.plot.similarity import (
-    cosine_plot, cosine_plot_mpl, matrix_heatmap, matrix_heatmap_mpl, method_similarity_plot,
-    method_similarity_plot_mpl, similarity_matrix_plot, similarity_matrix_plot_mpl,
-    similarity_plot, similarity_plot_mpl,
+    cosine_plot,
+    cosine_plot_mpl,
+    matrix_heatmap,
+    matrix_heatmap_mpl,
+    method_similarity_plot,
+    method_similarity_plot_mpl,
+    similarity_matrix_plot,
+    similarity_matrix_plot_mpl,
+    similarity_plot,
+    similarity_plot_mpl,
+)
+from clas_lens.plot.strengths import (
+    layer_profile_plot,
+    layer_profile_plot_mpl,
+    prompts_heatmap,
+    prompts_heatmap_mpl,
+    prompts_matrix,
+    strength_heatmap,
+    strength_heatmap_mpl,
 )
 from clas_lens.plot.sweeps import (
-    dose_response, dose_response_mpl, dose_response_plot, dose_response_plot_mpl, sweep_curves,
-    sweep_curves_mpl, sweep_heatmap, sweep_heatmap_mpl, sweep_plot, sweep_plot_mpl,
+    dose_response,
+    dose_response_mpl,
+    dose_response_plot,
+    dose_response_plot_mpl,
+    sweep_curves,
+    sweep_curves_mpl,
+    sweep_heatmap,
+    sweep_heatmap_mpl,
+    sweep_plot,
+    sweep_plot_mpl,
 )
-from clas_lens.plot.attribution import (
-    attribution_bars, attribution_bars_mpl, attribution_layers_plot, attribution_layers_plot_mpl,
-    attribution_plot, attribution_plot_mpl,
+from clas_lens.plot.tokens import (
+    ROBUST_QUANTILE,
+    clean_token,
+    example_matrix,
+    show_tokens,
+    token_colours,
+    token_html,
+    token_label,
+    token_range,
 )
 from clas_lens.plot.training import (
-    probe_accuracy, probe_accuracy_mpl, training_curves, training_curves_mpl,
+    probe_accuracy,
+    probe_accuracy_mpl,
+    training_curves,
+    training_curves_mpl,
 )
 
 __all__ = [

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 #: plotly diverging scale (blue = negative, white = 0, red = positive).
 DIVERGING = "RdBu_r"
 #: matplotlib diverging colormap.

@@ -14,7 +14,14 @@ import math
 import numpy as np
 
 from clas_lens.plot._common import (
-    DIVERGING, DIVERGING_MPL, _fig_ax, _go, _np, _series, _symmetric_range, _two_slope,
+    DIVERGING,
+    DIVERGING_MPL,
+    _fig_ax,
+    _go,
+    _np,
+    _series,
+    _symmetric_range,
+    _two_slope,
 )
 
 

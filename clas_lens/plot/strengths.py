@@ -16,15 +16,25 @@ from __future__ import annotations
 
 import html as _html
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from clas_lens.plot._common import (
-    DIVERGING, DIVERGING_MPL, _fig_ax, _go, _np, _series, _two_slope,
+    DIVERGING,
+    DIVERGING_MPL,
+    _fig_ax,
+    _go,
+    _np,
+    _series,
+    _two_slope,
 )
 from clas_lens.plot.tokens import (
-    _layer_columns, _values_of, example_matrix, token_label, token_range,
+    _layer_columns,
+    _values_of,
+    example_matrix,
+    token_label,
+    token_range,
 )
 
 

@@ -15,8 +15,8 @@ Example:
 from __future__ import annotations
 
 import html as _html
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 import numpy as np
 
