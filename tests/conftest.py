@@ -82,10 +82,25 @@ def smol():
     return cl.load_model()
 
 
+def bridge_keeps(fn) -> bool:
+    """Whether a hook function is one the model keeps for good: TransformerLens's block capture
+    pre-hooks (wired on the first forward pass) and the output-capturing forward hooks that
+    transformers installs once, the first time attentions or hidden states are asked for."""
+    fn = getattr(fn, "__func__", fn)
+    qualname, module = getattr(fn, "__qualname__", ""), getattr(fn, "__module__", "") or ""
+    return "_maybe_wire_capture_hooks" in qualname or module == "transformers.utils.output_capturing"
+
+
+def all_hooks(model) -> list:
+    """Every forward hook and forward pre-hook (with or without kwargs) on every module."""
+    return [fn for mod in model.modules()
+            for hooks in (mod._forward_hooks, mod._forward_pre_hooks) for fn in hooks.values()]
+
+
 def n_hooks(model) -> int:
-    """Number of forward hooks attached anywhere on the model's hook points."""
-    points = {id(hp): hp for hp in model.hook_dict.values()}
-    return sum(len(hp._forward_hooks) for hp in points.values())
+    """Number of forward hooks and pre-hooks on any module of the model, beyond the ones
+    TransformerLens and transformers keep there for good (see ``bridge_keeps``)."""
+    return sum(not bridge_keeps(fn) for fn in all_hooks(model))
 
 
 def random_directions(model, seed=0, layers=None, method="random"):

@@ -15,7 +15,7 @@ Nesting rules of ``Steerer.apply`` (documented in :mod:`clas_lens.steerers`):
 
 import pytest
 import torch
-from conftest import n_hooks, random_directions, randomize
+from conftest import all_hooks, n_hooks, random_directions, randomize
 
 import clas_lens as cl
 
@@ -111,6 +111,27 @@ def test_user_hooks_survive_and_still_fire(tiny, dirs):
             tiny(torch.tensor([cl.chat_ids(tiny, "hi")]))
         assert len(seen) == n + 1
     assert n >= 3 and n_hooks(tiny) == 0
+
+
+def test_n_hooks_sees_block_pre_hooks_and_skips_the_bridges_own(tiny):
+    """n_hooks counts forward hooks and pre-hooks (with or without kwargs) on any module, as a
+    leaked ``ResidualCache`` block pre-hook would be, but not the hooks the bridge keeps."""
+    ids = _ids(tiny)
+    with torch.inference_mode():
+        tiny(ids)
+        tiny.run_with_cache(ids)  # wires the bridge's persistent capture hooks
+    assert len(all_hooks(tiny)) >= 2 * tiny.cfg.n_layers and n_hooks(tiny) == 0
+    block = tiny.blocks[1]
+    for register in (lambda: block.register_forward_pre_hook(lambda mod, args: None),
+                     lambda: block.register_forward_pre_hook(lambda mod, args, kw: None,
+                                                             with_kwargs=True),
+                     lambda: block.mlp.register_forward_hook(lambda mod, args, out: None)):
+        handle = register()
+        try:
+            assert n_hooks(tiny) == 1
+        finally:
+            handle.remove()
+        assert n_hooks(tiny) == 0
 
 
 # ---- nesting and repetition ---------------------------------------------------------
