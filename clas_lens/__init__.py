@@ -5,11 +5,17 @@ Data flows one way: model -> directions -> steerer -> trace -> analysis -> figur
     >>> import clas_lens as cl
     >>> model = cl.load_model()                                    # doctest: +SKIP
     >>> contrast, pairs = cl.load_concept("data/positive")         # doctest: +SKIP
-    >>> dirs = cl.fit_directions(model, contrast, method="rfm")    # doctest: +SKIP
-    >>> steerer = cl.CLASSteerer(dirs)                             # doctest: +SKIP
-    >>> history = cl.train(model, steerer, pairs.train, pairs.valid)  # doctest: +SKIP
-    >>> result = cl.generate(model, steerer, pairs.test.prompts)   # doctest: +SKIP
-    >>> result.strengths.shape   # [batch, pos, layer]             # doctest: +SKIP
+    >>> dirs = cl.fit_directions(model, contrast, method="mean_diff", progress=False)
+    >>> steerer = cl.CLASSteerer(dirs)       # W, b = 0: exactly the unsteered model
+    >>> history = cl.train(model, steerer, pairs.train, pairs.valid, epochs=2, progress=False)
+    >>> len(history.valid_losses)            # before training, then after each epoch
+    3
+    >>> result = cl.generate(model, steerer, pairs.test.prompts, max_new_tokens=4, progress=False)
+    >>> result.strengths.shape[0], result.strengths.shape[2]   # [batch, pos, layer]
+    (2, 3)
+
+(The examples in this package run on a tiny random model in the doctests; the two
+skipped lines load the embedded SmolLM2-135M-Instruct and a concept from ``data/``.)
 """
 
 __version__ = "0.1.0"
