@@ -227,9 +227,11 @@ class CLASSteerer(Steerer):
 
     def edit(self, j, h, scale):
         h32 = h.float()
-        proj = h32 @ self.V[j].T                     # [b, p, r]
-        alpha = (h32 @ self.W[j].T + self.b[j]) * scale
-        return (h32 + alpha @ self.V[j]).to(h.dtype), alpha, proj
+        # each layer's slice follows the hook's device (a model split across devices)
+        V, W, b = (t[j].to(h.device) for t in (self.V, self.W, self.b))
+        proj = h32 @ V.T                             # [b, p, r]
+        alpha = (h32 @ W.T + b) * scale
+        return (h32 + alpha @ V).to(h.dtype), alpha, proj
 
     def param_groups(self):
         return [{"params": [self.W], "lr": self.default_lr["W"], "name": "W"},
@@ -314,10 +316,11 @@ class LayerwiseLASSteerer(Steerer):
 
     def edit(self, j, h, scale):
         h32 = h.float()
-        c = self.coefficient(j) * scale
-        proj = (h32 @ self.V[j]).unsqueeze(-1)
+        c = self.coefficient(j).to(h.device) * scale
+        V = self.V[j].to(h.device)
+        proj = (h32 @ V).unsqueeze(-1)
         strength = c.expand(h.shape[0], h.shape[1]).unsqueeze(-1)
-        return (h32 + c * self.V[j]).to(h.dtype), strength, proj
+        return (h32 + c * V).to(h.dtype), strength, proj
 
     def param_groups(self):
         return [{"params": [self.c], "lr": self.default_lr["c"], "name": "c"}]
@@ -406,7 +409,8 @@ class LoRASteerer(Steerer):
 
             def add(out, hook=None, box=box, j=j):
                 x = box.pop("x").float()
-                upd = (x @ self.A[j].T) @ self.B[j].T * k
+                A, B = self.A[j].to(x.device), self.B[j].to(x.device)
+                upd = (x @ A.T) @ B.T * k
                 return (out.float() + upd).to(out.dtype)
 
             hooks += [(f"blocks.{l}.mlp.out.hook_in", grab), (f"blocks.{l}.mlp.out.hook_out", add)]
