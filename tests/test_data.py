@@ -51,23 +51,27 @@ def test_reference_csv_splits_and_eot(tmp_path):
     assert (len(s.train), len(s.valid), len(s.test)) == (10, 10, 4)
     assert s.train.prompts[0] == "Answer briefly: item 0 {braces}"
     assert all("<|eot_id|>" not in c for c in s.completions)
-    cs = s.contrast_set()
-    assert len(cs) == 40 and cs.prompts[1] == "Answer step by step: item 0 {braces}"
-    assert all("item 2" not in p.split("{")[0] or True for p in cs.prompts)
-    assert not any(f"item {i} " in p for p in cs.prompts for i in range(20, 24))
+    cs = s.contrast_set()  # train and valid rows (0-19) only, base then steer template
+    assert cs.prompts == [f"Answer {how}: item {i} {{braces}}" for i in range(20)
+                          for how in ("briefly", "step by step")]
+    assert cs.labels == [0, 1] * 20 and cs.pair_ids == [i for i in range(20) for _ in "ab"]
+    held_out = s.contrast_set(splits=("test",))
+    assert held_out.prompts[::2] == [f"Answer briefly: item {i} {{braces}}" for i in range(20, 24)]
     assert s.test.steer_prompts()[0] == "Answer step by step: item 20 {braces}"
 
 
-def test_reference_csv_missing_column_named(tmp_path):
+@pytest.mark.parametrize("column", REFERENCE_COLUMNS)
+def test_reference_csv_missing_column_named(tmp_path, column):
+    """Each column the reader needs (``REFERENCE_COLUMNS``) is named when it is missing."""
     p = write_reference_csv(tmp_path / "a.csv")
     rows = list(csv.DictReader(open(p, encoding="utf-8")))
     with open(p, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=[c for c in COLUMNS if c != "steer_template"])
+        w = csv.DictWriter(fh, fieldnames=[c for c in COLUMNS if c != column])
         w.writeheader()
         for r in rows:
-            r.pop("steer_template")
+            r.pop(column)
             w.writerow(r)
-    with pytest.raises(cl.DataError, match="steer_template"):
+    with pytest.raises(cl.DataError, match=rf"missing column\(s\) '{column}'"):
         cl.SteerSet.from_reference_csv(p)
 
 
@@ -107,4 +111,4 @@ def test_shipped_concepts_meet_the_minimums(concept):
     contrast, steer = cl.load_concept(f"data/{concept}")
     assert len(contrast) >= 40 and set(contrast.labels) == {0, 1}
     assert len(steer) >= 30 and len(steer.train) >= 10 and len(steer.valid) >= 10
-    assert set(REFERENCE_COLUMNS)  # the constant is public
+    assert len(steer.test) >= 1

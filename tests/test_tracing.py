@@ -45,12 +45,13 @@ def test_result_shapes_and_mask(tiny, steerer):
 
 def test_prompt_strengths_equal_teacher_forced_trace(tiny, steerer):
     res = cl.generate(tiny, steerer, PROMPTS, max_new_tokens=4, stop_at_eos=False)
-    completions = [tiny.tokenizer.decode(ids[p:]) for ids, p in zip(res.token_ids, res.prompt_lengths)]
     tf = cl.trace(tiny, steerer, PROMPTS)
+    assert tf.prompt_lengths == res.prompt_lengths
+    assert float(tf.strengths.abs().sum()) > 0  # the steerer acts: not zeros against zeros
     for i in range(len(PROMPTS)):
         p = res.prompt_lengths[i]
+        assert tf.strengths_of(i).shape == (p, tiny.cfg.n_layers)
         torch.testing.assert_close(res.strengths_of(i)[:p], tf.strengths_of(i), rtol=0, atol=1e-5)
-    assert completions
 
 
 def test_unsteered_path_matches_plain_greedy(tiny):
@@ -65,15 +66,21 @@ def test_unsteered_path_matches_plain_greedy(tiny):
 
 
 def test_sampling_is_seeded(tiny, steerer):
-    a = cl.generate(tiny, steerer, PROMPTS, max_new_tokens=5, do_sample=True, seed=3)
-    b = cl.generate(tiny, steerer, PROMPTS, max_new_tokens=5, do_sample=True, seed=3)
+    """The same seed gives the same samples, another seed other samples (greedy would give
+    the same tokens for every seed)."""
+    kw = dict(max_new_tokens=8, stop_at_eos=False)
+    a = cl.generate(tiny, steerer, PROMPTS, do_sample=True, seed=3, **kw)
+    b = cl.generate(tiny, steerer, PROMPTS, do_sample=True, seed=3, **kw)
+    c = cl.generate(tiny, steerer, PROMPTS, do_sample=True, seed=4, **kw)
+    greedy = cl.generate(tiny, steerer, PROMPTS, **kw)
     assert a.token_ids == b.token_ids
+    assert a.token_ids != c.token_ids and a.token_ids != greedy.token_ids
 
 
 def test_bad_arguments(tiny, steerer):
     with pytest.raises(ValueError, match="empty"):
         cl.generate(tiny, steerer, [])
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="prompt 0 is a int, not a str"):
         cl.generate(tiny, steerer, [3])
     with pytest.raises(ValueError, match="context"):
         cl.generate(tiny, steerer, ["hello"], max_new_tokens=10_000)
