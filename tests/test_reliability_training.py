@@ -9,6 +9,8 @@
   NaN cannot be saved over a good file.
 """
 
+import math
+
 import pytest
 import torch
 from conftest import n_hooks, random_directions
@@ -37,7 +39,7 @@ class Poisoned(cl.CLASSteerer):
             self.calls += 1
             if self.calls >= self.at:
                 if self.interrupt:
-                    raise KeyboardInterrupt
+                    raise KeyboardInterrupt("poisoned forward")
                 new = new * self.value
         return new, alpha, proj
 
@@ -95,7 +97,7 @@ def test_diverging_learning_rate_is_caught(tiny, dirs):
 
 def test_nothing_corrupt_is_written_after_a_failure(tiny, dirs, tmp_path):
     st = Poisoned(dirs, at=3)
-    with pytest.raises(cl.TrainingError):
+    with pytest.raises(cl.TrainingError, match="non-finite training loss"):
         _train(tiny, st)
     st.save(tmp_path / "st")  # the kept (best) parameters are finite and save fine
     good = (tmp_path / "st" / "cfg.json").read_bytes()
@@ -134,7 +136,7 @@ def test_interrupt_during_a_valid_evaluation_returns_best(tiny, dirs):
 
 def test_interrupt_before_any_step_leaves_steerer_untouched(tiny, dirs):
     st = Poisoned(dirs, at=1, interrupt=True, in_eval=True)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="poisoned forward"):
         _train(tiny, st)
     assert torch.count_nonzero(st.W) == 0 and torch.count_nonzero(st.b) == 0
     assert n_hooks(tiny) == 0
@@ -162,26 +164,43 @@ def test_learning_rates_validated(tiny, dirs, lr):
         cl.train(tiny, cl.CLASSteerer(dirs), TRAIN, epochs=1, lr=lr, progress=False)
 
 
-def test_non_finite_parameters_after_a_step(tiny, dirs):
-    """Non-finite parameters after an optimiser step stop training; none are kept."""
+def test_non_finite_parameters_after_a_step(tiny, dirs, monkeypatch):
+    """Non-finite parameters after an optimiser step (with a finite loss) stop training with
+    a TrainingError naming the step; the best parameters before it are kept."""
+    clean = cl.CLASSteerer(dirs)
+    _train(tiny, clean, epochs=1)
+    real, steps = torch.optim.AdamW.step, []
+
+    def step(self, *a, **k):
+        out = real(self, *a, **k)
+        steps.append(1)
+        if len(steps) == 2:  # the second step writes a NaN into the bias
+            self.param_groups[-1]["params"][0].data[0, 0] = float("nan")
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
     st = cl.CLASSteerer(dirs)
-    with pytest.raises((cl.TrainingError, ValueError)):
-        cl.train(tiny, st, TRAIN, epochs=1, lr=float("nan"), progress=False)
+    with pytest.raises(cl.TrainingError, match=r"non-finite parameters after step 2 \(epoch 2\)"):
+        _train(tiny, st)
+    assert _same_state(st, clean)
     assert all(torch.isfinite(p).all() for p in st.parameters())
+    assert n_hooks(tiny) == 0
 
 
 def test_non_finite_valid_loss_is_reported(tiny, dirs):
-    """A non-finite valid loss warns (or raises TrainingError), never passes silently."""
+    """A non-finite valid loss warns for each evaluation and is never selected: with every
+    evaluation NaN, the steerer ends in its starting state and the best loss is NaN."""
     st = Poisoned(dirs, at=1, in_eval=True)
-    with pytest.warns(UserWarning, match="valid"):
-        try:
-            _train(tiny, st, epochs=1)
-        except cl.TrainingError:
-            pass
+    with pytest.warns(UserWarning, match=r"valid loss is nan after (epoch|step) 0") as caught:
+        hist = _train(tiny, st, epochs=2)
+    assert sum("valid loss is nan" in str(w.message) for w in caught) == 3
+    assert len(hist.steps) == 2 and hist.best_epoch == 0 and math.isnan(hist.best_valid_loss)
+    assert torch.count_nonzero(st.W) == 0 and torch.count_nonzero(st.b) == 0
+    assert n_hooks(tiny) == 0
 
 
 def test_las_grid_non_finite(tiny, dirs):
     """grid_search_las refuses non-finite grid values."""
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"the LAS grid holds non-finite values \[nan\]"):
         cl.grid_search_las(tiny, cl.LASSteerer(dirs), TRAIN[:2], grid=[float("nan")],
                            progress=False)

@@ -13,7 +13,7 @@ from conftest import n_hooks, random_directions
 import clas_lens as cl
 from clas_lens.data import read_csv
 from clas_lens.directions import check_layers, resid_activations
-from clas_lens.model import context_length, fit_context
+from clas_lens.model import completion_ids, context_length, fit_context
 
 CONTRAST = cl.ContrastSet.from_templates(
     ["cats", "dogs", "rain", "Paris", "the sun", "hello"], "Describe {prompt}.",
@@ -329,7 +329,7 @@ def test_directions_and_steerers_for_another_model(tiny, tiny_other, tmp_path):
             call()
     dirs.save(tmp_path / "d")
     with pytest.raises(cl.ArtifactError, match=r"directions .* made for a model with"):
-        cl.Directions.load(tmp_path / "d", model=tiny_other)
+        cl.load_directions(tmp_path / "d", model=tiny_other)
     assert n_hooks(tiny_other) == 0
 
 
@@ -397,19 +397,31 @@ def test_batch_size_validated(tiny):
         cl.completion_nll(tiny, None, [("a", "b")], batch_size=0)
 
 
-@pytest.mark.parametrize("kw", [dict(do_sample=True, temperature=0.0),
-                                dict(do_sample=True, top_k=10**6),
-                                dict(repetition_penalty=0.0)])
-def test_generation_settings_validated(tiny, kw):
+@pytest.mark.parametrize("kw,match", [
+    (dict(do_sample=True, temperature=0.0), r"temperature must be > 0 when sampling, got 0\.0"),
+    (dict(do_sample=True, top_k=10**6), r"top_k must be between 1 and the vocabulary size \d+"),
+    (dict(repetition_penalty=0.0), r"repetition_penalty must be > 0, got 0\.0"),
+])
+def test_generation_settings_validated(tiny, kw, match):
     """generate() refuses temperature <= 0 when sampling, top_k outside the vocabulary
     and repetition_penalty <= 0."""
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=match):
         cl.generate(tiny, None, ["hi"], max_new_tokens=1, progress=False, **kw)
 
 
 def test_truncate_in_trace_and_training(tiny):
-    """trace() and completion_nll() take truncate=True, as the context error suggests."""
+    """trace() and completion_nll() take truncate=True, as the context error suggests: they
+    keep the BOS token and the end of the prompt, and score the completion after that."""
     long = "hello world " * 200
+    n_ctx, ids = context_length(tiny), cl.chat_ids(tiny, long)
+    assert len(ids) > n_ctx and ids[0] == tiny.tokenizer.bos_token_id
     res = cl.trace(tiny, None, [long], truncate=True)
-    assert len(res.token_ids[0]) <= context_length(tiny)
-    cl.completion_nll(tiny, None, [(long, "x")], truncate=True)
+    assert res.token_ids[0] == [ids[0]] + ids[len(ids) - n_ctx + 1:]
+    tail = completion_ids(tiny, "x")
+    kept = [ids[0]] + ids[len(ids) - (n_ctx - len(tail)) + 1:]
+    with torch.inference_mode():
+        logits = tiny(torch.tensor([kept + tail]))[0].float()
+    logp = logits[len(kept) - 1:-1].log_softmax(-1)
+    by_hand = -float(logp[torch.arange(len(tail)), torch.tensor(tail)].mean())
+    assert cl.completion_nll(tiny, None, [(long, "x")], truncate=True) == pytest.approx(by_hand,
+                                                                                       abs=1e-4)
