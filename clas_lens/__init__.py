@@ -20,23 +20,27 @@ skipped lines load the embedded SmolLM2-135M-Instruct and a concept from ``data/
 
 __version__ = "0.1.0"
 
-# floor 1: model, data, files
+# floors 1-4 (model, data, files; probe directions; steerers; training and traces), in
+# import order rather than floor order
+from clas_lens.configs import DirectionsConfig, SteererConfig
 from clas_lens.data import ContrastSet, DataError, SteerSet, load_concept
-
-# floor 2: probe directions
-from clas_lens.directions import METHODS, Directions, fit_directions, resid_activations
+from clas_lens.directions import (
+    PROBE_METHODS,
+    Directions,
+    fit_directions,
+    load_directions,
+    resid_activations,
+)
 from clas_lens.io import ArtifactError
-
-# floor 4: training and traces
 from clas_lens.losses import completion_nll
 from clas_lens.model import ModelNotAvailableError, chat_ids, load_model
-
-# floor 3: steerers
+from clas_lens.reporting import report  # one HTML page per steerer (imports the lens on first call)
 from clas_lens.steerers import (
     CLASSteerer,
     LASSteerer,
     LayerwiseLASSteerer,
     LoRASteerer,
+    Recorder,
     ReFTSteerer,
     Steerer,
     load_steerer,
@@ -60,10 +64,10 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "ArtifactError", "CLASSteerer", "ContrastSet", "DataError", "Directions",
-    "GenerationResult", "LASSteerer", "LayerwiseLASSteerer", "LoRASteerer", "METHODS",
-    "ModelNotAvailableError", "ReFTSteerer", "SteerSet", "Steerer", "TrainHistory",
-    "TrainingError", "chat_ids", "completion_nll", "fit_directions", "generate",
-    "grid_search_las", "load_concept", "load_model", "load_steerer", "resid_activations",
-    "trace", "train",
+    "ArtifactError", "CLASSteerer", "ContrastSet", "DataError", "Directions", "DirectionsConfig",
+    "GenerationResult", "LASSteerer", "LayerwiseLASSteerer", "LoRASteerer",
+    "ModelNotAvailableError", "PROBE_METHODS", "ReFTSteerer", "Recorder", "SteerSet", "Steerer",
+    "SteererConfig", "TrainHistory", "TrainingError", "chat_ids", "completion_nll",
+    "fit_directions", "generate", "grid_search_las", "load_concept", "load_directions",
+    "load_model", "load_steerer", "report", "resid_activations", "trace", "train",
 ]

@@ -1,4 +1,4 @@
-"""The ``clas-lens`` command: ``demo``, ``train``, ``bench`` and ``figures``.
+"""The ``clas-lens`` command: ``demo``, ``train``, ``bench``, ``report`` and ``figures``.
 
 Each command is a thin wrapper over a Python function; ``clas-lens CMD --help``
 describes it. Usage errors (a bad option value, an unknown method or layer list)
@@ -10,6 +10,7 @@ one ``clas-lens CMD: error: ...`` line; an interrupt exits with status 130.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -40,11 +41,11 @@ def _layer_list(text: str) -> list[int]:
 
 
 def _check_direction_method(args, method: str, option: str = "--method") -> None:
-    from clas_lens.directions import METHODS
+    from clas_lens.directions import PROBE_METHODS
 
-    if method not in METHODS:
+    if method not in PROBE_METHODS:
         args._parser.error(f"argument {option}: unknown direction method {method!r} "
-                           f"(choose from {', '.join(sorted(METHODS))})")
+                           f"(choose from {', '.join(sorted(PROBE_METHODS))})")
 
 
 def _default_bench_path() -> list[str]:
@@ -90,10 +91,14 @@ def _cmd_train(args) -> int:
     dirs = cl.fit_directions(model, contrast, method=args.method, layers=args.layers,
                              seed=args.seed)
     steerer = cl.CLASSteerer(dirs)
-    # train() records its settings, seed and best epoch in steerer.extra (saved in cfg.json)
+    # train() records its settings, seed and best epoch in steerer.cfg.training (saved in cfg.json)
     hist = cl.train(model, steerer, steer.train, steer.valid, epochs=args.epochs, seed=args.seed)
     steerer.save(args.out)
     dirs.save(Path(args.out) / "directions")
+    # what `clas-lens report RUN` answers and scales: held-out prompts and the valid pairs
+    from clas_lens.io import atomic_write_text
+    atomic_write_text(Path(args.out) / "prompts.json", json.dumps(
+        {"prompts": list(steer.test.prompts), "pairs": [list(p) for p in steer.valid.pairs]}, indent=1))
     print(f"valid loss {hist.valid_losses[0]:.4f} -> {hist.best_valid_loss:.4f} "
           f"(best epoch {hist.best_epoch}); saved to {args.out}")
     return 0
@@ -115,6 +120,15 @@ def _cmd_bench(args) -> int:
     run_benchmarks(paths, out=args.out, quick=args.quick, methods=args.methods,
                    direction_method=args.direction_method, gen_rows=args.gen_rows,
                    max_new_tokens=args.max_new_tokens)
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from clas_lens.reporting import report_run
+
+    report_run(args.run, args.out, prompts=args.prompts, n_prompts=args.n_prompts, other=args.other,
+               max_new_tokens=args.max_new_tokens)
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -164,6 +178,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test rows to generate for")
     b.add_argument("--max-new-tokens", type=_int_at_least(1), default=None)
     b.set_defaults(fn=_cmd_bench, _parser=b)
+
+    r = sub.add_parser("report", help="write one self-contained HTML page about a saved steerer",
+                       description="Answer a few prompts unsteered and steered and write one HTML page: "
+                                   "tokens coloured by alpha with attribution, heatmaps, per-layer views, "
+                                   "similarity with null bands, dose-response, provenance (offline).")
+    r.add_argument("run", help="a folder saved by `clas-lens train`")
+    r.add_argument("--out", required=True, help="the HTML file to write")
+    r.add_argument("--prompts", default=None,
+                   help="data/<concept> folder, prompts.json or text file (default: RUN/prompts.json)")
+    r.add_argument("--n-prompts", type=_int_at_least(1), default=4)
+    r.add_argument("--other", default=None, help="a second saved steerer to compare (e.g. layerwise LAS)")
+    r.add_argument("--max-new-tokens", type=_int_at_least(1), default=24)
+    r.set_defaults(fn=_cmd_report, _parser=r)
 
     f = sub.add_parser("figures", help="regenerate every committed figure",
                        description="Regenerate the figures in figures/ on the embedded model.")
