@@ -42,7 +42,7 @@ def run_demo(concept: str = "data/positive", out: str = "figures", *, epochs: in
         A dict with the directions, steerer, history and both generation results.
     """
     import clas_lens as cl
-    from clas_lens.plot import strength_heatmap, strength_heatmap_mpl
+    from clas_lens.plot import strength_heatmap
 
     t0 = time.perf_counter()
     print("Loading the embedded model (offline) ...", flush=True)
@@ -72,7 +72,7 @@ def run_demo(concept: str = "data/positive", out: str = "figures", *, epochs: in
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     title = f"CLAS strength alpha (tokens x layers), concept {contrast.name!r}"
-    fig = strength_heatmap_mpl(steered, 0, title=title)
+    fig = strength_heatmap(steered, 0, title=title, backend="matplotlib")
     fig.savefig(out_dir / "demo_strengths.png", dpi=120, bbox_inches="tight")
     strength_heatmap(steered, 0, title=title).write_html(
         out_dir / "demo_strengths.html", include_plotlyjs=True)

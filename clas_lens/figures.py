@@ -24,6 +24,11 @@ Figures written (``out/``):
 * ``las_layer_sweep.png``     LAS one layer at a time: layer x coefficient change in NLL
 * ``attribution.png``         why alpha: top components of one token's strength
 * ``attribution_layers.png``  that token's alpha decomposed per layer (embed/attn/mlp/steer)
+* ``dose_response.png``       valid NLL of the CLAS steerer as its strength is scaled
+
+Token-level figures follow the plot module's colour rule: position 0 and the chat
+template's system prompt are drawn grey and left out of the colour limit, which is
+the 99th percentile of the other cells' ``|alpha|``.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import html
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -40,7 +46,7 @@ FIGURES = (
     "probe_accuracy.png", "training_curves.png", "strength_heatmap.png", "prompts_tokens.png",
     "token_strengths.html", "layer_profile.png", "readout_similarity.png",
     "concept_similarity.png", "layer_similarity.png", "las_layer_sweep.png", "attribution.png",
-    "attribution_layers.png",
+    "attribution_layers.png", "dose_response.png",
 )
 
 
@@ -49,11 +55,13 @@ def settings(quick: bool) -> dict:
     if quick:
         return {"layers": [1, 3, 5], "methods": ["mean_diff", "logistic"], "epochs": 1,
                 "contrast_pairs": 8, "train_pairs": 4, "valid_pairs": 2, "gen_prompts": 2,
-                "max_new_tokens": 8, "sweep_layers": [1, 5], "coef_fractions": [-0.5, 0.5, 1.0]}
+                "max_new_tokens": 8, "sweep_layers": [1, 5], "coef_fractions": [-0.5, 0.5, 1.0],
+                "dose_scales": [0.0, 1.0, 2.0]}
     return {"layers": None, "methods": ["mean_diff", "logistic", "pca", "rfm"], "epochs": 4,
             "contrast_pairs": None, "train_pairs": None, "valid_pairs": None, "gen_prompts": 8,
             "max_new_tokens": 40, "sweep_layers": "every_3",
-            "coef_fractions": [-0.25, 0.05, 0.1, 0.2, 0.35, 0.5]}
+            "coef_fractions": [-0.25, 0.05, 0.1, 0.2, 0.35, 0.5],
+            "dose_scales": [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0]}
 
 
 def data_dir() -> Path:
@@ -78,20 +86,247 @@ def _take(steer_set, n):
     return steer_set if n is None else steer_set.subset(list(range(min(n, len(steer_set)))))
 
 
-class _Log:
-    def __init__(self, verbose: bool):
-        self.t0 = time.perf_counter()
-        self.last = self.t0
-        self.verbose = verbose
-        self.steps: dict[str, float] = {}
+@dataclass
+class _Run:
+    """Where a figure run writes, what it has written, and the numbers behind the figures."""
 
-    def __call__(self, name: str) -> None:
+    out: Path
+    cfg: dict
+    verbose: bool
+    written: dict[str, str] = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    t0: float = field(default_factory=time.perf_counter)
+    last: float = field(default_factory=time.perf_counter)
+
+    def save(self, fig, name: str) -> None:
+        """Write a matplotlib figure as ``out/name``."""
+        from clas_lens.plot import save_png
+
+        self.written[name] = save_png(fig, self.out / name, dpi=110)
+
+    def write_text(self, name: str, text: str) -> None:
+        """Write a text file ``out/name`` atomically."""
+        from clas_lens.io import atomic_write_text
+
+        atomic_write_text(self.out / name, text)
+        self.written[name] = str(self.out / name)
+
+    def step(self, name: str) -> None:
+        """Record the time of the step that just finished (and print it when verbose)."""
         now = time.perf_counter()
-        self.steps[name] = round(now - self.last, 2)
+        self.seconds[name] = round(now - self.last, 2)
         self.last = now
         if self.verbose:
-            print(f"[figures] {name}: {self.steps[name]:.1f}s (total {now - self.t0:.1f}s)",
+            print(f"[figures] {name}: {self.seconds[name]:.1f}s (total {now - self.t0:.1f}s)",
                   flush=True)
+
+
+@dataclass
+class _Inputs:
+    """The model, the concept data and the layers of a figure run."""
+
+    model: object
+    contrast: object
+    contrast_o: object
+    train_set: object
+    valid_set: object
+    test_prompts: list[str]
+    layers: list[int]
+
+
+def load_inputs(run: _Run, model, concept, other_concept) -> _Inputs:
+    """Load the model (unless given) and the two concepts, cut to the run's sizes."""
+    import clas_lens as cl
+    from clas_lens.model import model_info
+
+    cfg = run.cfg
+    model = cl.load_model() if model is None else model
+    data = data_dir()
+    contrast, pairs = cl.load_concept(Path(concept) if concept else data / "positive")
+    contrast_o, _ = cl.load_concept(Path(other_concept) if other_concept else data / "formal")
+    n_layers = int(model.cfg.n_layers)
+    inp = _Inputs(model, _subset_contrast(contrast, cfg["contrast_pairs"]),
+                  _subset_contrast(contrast_o, cfg["contrast_pairs"]),
+                  _take(pairs.train, cfg["train_pairs"]), _take(pairs.valid, cfg["valid_pairs"]),
+                  pairs.test.prompts[: cfg["gen_prompts"]],
+                  list(range(n_layers)) if cfg["layers"] is None else cfg["layers"])
+    run.summary.update({"model": model_info(model)["model_name"], "layers": inp.layers,
+                        "concept": inp.contrast.name, "other_concept": inp.contrast_o.name})
+    run.step("load model and data")
+    return inp
+
+
+def probe_figures(run: _Run, inp: _Inputs):
+    """Probe directions per method and concept; accuracy and similarity figures.
+
+    Returns:
+        ``(mean_diff directions of the concept, its residual activations)``.
+    """
+    import clas_lens as cl
+    from clas_lens import analysis as an
+    from clas_lens import plot
+
+    cfg, model, layers = run.cfg, inp.model, inp.layers
+    name, name_o = inp.contrast.name, inp.contrast_o.name
+    acts = cl.resid_activations(model, inp.contrast.prompts, layers)
+    dirs = {m: cl.fit_directions(model, inp.contrast, method=m, layers=layers, activations=acts,
+                                 progress=False) for m in cfg["methods"]}
+    run.step("positive activations and probes")
+    acts_o = cl.resid_activations(model, inp.contrast_o.prompts, layers)
+    dirs_o = cl.fit_directions(model, inp.contrast_o, method="mean_diff", layers=layers,
+                               activations=acts_o, progress=False)
+    run.step("formal activations and probe")
+    named = {f"{name}/{m}": d for m, d in dirs.items()}
+    named[f"{name_o}/mean_diff"] = dirs_o
+    run.save(plot.probe_accuracy(named, title="held-out probe accuracy per layer",
+                                 backend="matplotlib"), "probe_accuracy.png")
+    run.summary["probe_accuracy"] = {k: [round(float(a), 4) for a in d.accuracy]
+                                     for k, d in named.items()}
+    main = dirs["mean_diff"]
+    others = {**{f"{name}/{m}": dirs[m] for m in cfg["methods"] if m != "mean_diff"},
+              f"{name_o}/mean_diff": dirs_o}
+    sims = [an.cosine_per_layer(main, d, labels=(f"{name}/mean_diff", k)) for k, d in others.items()]
+    run.save(plot.cosine_plot(
+        sims, title=f"cosine of the {name}/mean_diff direction with other methods and concepts\n"
+                    f"(grey: null 95% of random directions, d={sims[0].null.d})",
+        backend="matplotlib"), "concept_similarity.png")
+    run.summary["concept_similarity"] = {r.labels[1]: {k: v for k, v in r.summary().items()
+                                                       if k != "labels"} for r in sims}
+    run.save(plot.similarity_matrix_plot(an.layer_similarity_matrix(main), backend="matplotlib"),
+             "layer_similarity.png")
+    run.step("direction similarity figures")
+    return main, acts
+
+
+def training_figures(run: _Run, inp: _Inputs, directions):
+    """Train CLAS on the concept's pairs; training curves and read-out alignment. Returns it."""
+    import clas_lens as cl
+    from clas_lens import analysis as an
+    from clas_lens import plot
+
+    steerer = cl.CLASSteerer(directions)
+    hist = cl.train(inp.model, steerer, inp.train_set, inp.valid_set, epochs=run.cfg["epochs"],
+                    progress=False)
+    run.save(plot.training_curves(hist, title=f"CLAS on {inp.contrast.name} ({len(inp.layers)} "
+                                              f"layers, mean_diff directions)", backend="matplotlib"),
+             "training_curves.png")
+    run.summary["training"] = {"valid_losses": hist.valid_losses, "best_epoch": hist.best_epoch,
+                               "seconds": round(hist.seconds, 1)}
+    run.step("train CLAS")
+    ro = an.readout_alignment(steerer)
+    run.save(plot.cosine_plot(ro, title=f"read-out w vs probe v per layer (grey: null 95%, "
+                                        f"d={ro.null.d})", backend="matplotlib"),
+             "readout_similarity.png")
+    run.summary["readout_alignment"] = {k: v for k, v in ro.summary().items() if k != "labels"}
+    return steerer
+
+
+def strength_figures(run: _Run, inp: _Inputs, steerer):
+    """Steered answers to held-out prompts; heatmaps, per-layer profile, coloured tokens.
+
+    Returns:
+        ``(the generation result, the layer with the largest mean |alpha| on answers)``.
+    """
+    import clas_lens as cl
+    from clas_lens import analysis as an
+    from clas_lens import plot
+
+    res = cl.generate(inp.model, steerer, inp.test_prompts, max_new_tokens=run.cfg["max_new_tokens"],
+                      progress=False)
+    run.step("generate")
+    profile_gen = an.layer_profile(res, generated_only=True)
+    profile_all = an.layer_profile(res, skip_first=True)
+    top_layer = res.layers[int(profile_gen.argmax())]
+    run.save(plot.strength_heatmap(res, 0, title=f"CLAS strength alpha per token and layer: "
+                                                 f"\u201c{res.prompts[0]}\u201d", backend="matplotlib"),
+             "strength_heatmap.png")
+    gen = res.generated_mask()
+    spread = res.strengths[gen].std(0) if int(gen.sum()) > 1 else profile_gen
+    ctx_layer = res.layers[int(spread.argmax())]
+    run.save(plot.prompts_heatmap(res, ctx_layer, generated_only=True, backend="matplotlib",
+                                  title=f"alpha on the steered answers at layer {ctx_layer} "
+                                        f"(the layer where alpha varies most across tokens)"),
+             "prompts_tokens.png")
+    fig = plot.layer_profile_plot(res.layers, profile_gen, label="generated tokens",
+                                  title="mean |alpha| per steered layer (held-out prompts)",
+                                  backend="matplotlib")
+    ax = fig.axes[0]
+    ax.plot([str(L) for L in res.layers], profile_all.tolist(), "k.-",
+            label="all tokens but the first")
+    ax.legend(fontsize=8)
+    run.save(fig, "layer_profile.png")
+    page = ["<html><head><meta charset='utf-8'><title>CLAS token strengths</title></head><body>",
+            f"<h3>CLAS strengths (mean over layers), {run.summary.get('model', '')}, concept "
+            f"{inp.contrast.name}</h3>"]
+    for i in range(len(res)):
+        page += [f"<p><b>{html.escape(res.prompts[i])}</b></p>", plot.token_html(res, i, None)]
+    run.write_text("token_strengths.html", "\n".join(page + ["</body></html>"]))
+    run.summary["generation"] = {
+        "texts": res.texts, "top_layer": top_layer, "most_variable_layer": ctx_layer,
+        "strength_summary": [{k: v for k, v in s.items() if k != "prompt"}
+                             for s in an.strength_summary(res)]}
+    run.step("strength figures")
+    return res, top_layer
+
+
+def attribution_figures(run: _Run, inp: _Inputs, steerer, res, top_layer: int) -> None:
+    """Why the strongest answer token's alpha fires at ``top_layer``, and across layers."""
+    from clas_lens import analysis as an
+    from clas_lens import plot
+
+    gen_mask = res.generated_mask()[0]
+    j = res.layers.index(top_layer)
+    s0 = res.strengths[0, :, j].abs().masked_fill(~gen_mask, -1.0)
+    pos = int(s0.argmax()) if bool(gen_mask.any()) else int(res.mask[0].sum()) - 1
+    attrs = an.attribute_layers(inp.model, steerer, res.token_ids[0][: pos + 1], position=pos)
+    attr = attrs[j]
+    run.save(plot.attribution_plot(attr, top=20, backend="matplotlib"), "attribution.png")
+    run.save(plot.attribution_layers_plot(attrs, backend="matplotlib"), "attribution_layers.png")
+    run.summary["attribution"] = {"layer": attr.layer, "position": attr.position,
+                                  "token": attr.token, "alpha": attr.alpha, "total": attr.total,
+                                  "grouped": attr.grouped(), "top": an.top_components(attr, 10)}
+    run.step("attribution")
+
+
+def sweep_figures(run: _Run, inp: _Inputs, directions, acts, steerer) -> None:
+    """LAS one layer at a time (layer x coefficient), and CLAS's dose-response."""
+    from clas_lens import analysis as an
+    from clas_lens import plot
+
+    layers = inp.layers
+    sweep_layers = run.cfg["sweep_layers"]
+    if sweep_layers == "every_3":
+        sweep_layers = layers[1::3]
+    norms = acts.norm(dim=-1).mean(0)  # [layer] mean residual norm (last prompt token)
+    ref = float(norms[[layers.index(L) for L in sweep_layers]].mean())
+    coefs = [round(f * ref, 3) for f in run.cfg["coef_fractions"]]
+    sw = an.layer_sweep_las(inp.model, directions, inp.valid_set, coefs, layers=sweep_layers)
+    gain = float((sw.nll - sw.baseline).min())
+    vmax = max(0.25, 4 * abs(gain)) if gain < 0 else None  # keep improvements visible
+    run.save(plot.sweep_plot(sw, title=f"LAS at one layer (h + c v): change in valid NLL vs "
+                                       f"unsteered ({sw.baseline:.3f})\nmean |h| = {ref:.0f}; "
+                                       f"box: best (layer, c)", vmax=vmax, backend="matplotlib"),
+             "las_layer_sweep.png")
+    run.summary["las_sweep"] = {"layers": sw.layers, "coefficients": coefs, "baseline": sw.baseline,
+                                "nll": sw.nll.tolist(), "best": sw.best()}
+    run.step("LAS layer sweep")
+    dr = an.dose_response(inp.model, steerer, inp.valid_set, run.cfg["dose_scales"])
+    run.save(plot.dose_response_plot(dr, title="CLAS dose-response: valid NLL as alpha is scaled "
+                                               "(0 = unsteered, 1 = trained)", backend="matplotlib"),
+             "dose_response.png")
+    run.summary["dose_response"] = {"scales": list(dr["scales"]), "nll": list(dr["nll"])}
+    run.step("dose-response")
+
+
+def write_summary(run: _Run) -> None:
+    """Write ``figures.json``: settings, the numbers behind the figures and step times."""
+    run.summary["seconds"] = run.seconds
+    run.summary["total_seconds"] = round(time.perf_counter() - run.t0, 1)
+    run.write_text("figures.json", json.dumps(run.summary, indent=1, default=_jsonable))
+    if run.verbose:
+        print(f"[figures] wrote {len(run.written)} files to {run.out} in "
+              f"{run.summary['total_seconds']}s")
 
 
 def make_figures(out: str | os.PathLike = "figures", quick: bool = False, *, model=None,
@@ -111,163 +346,18 @@ def make_figures(out: str | os.PathLike = "figures", quick: bool = False, *, mod
     Returns:
         ``{file name: path}`` of everything written (``figures.json`` included).
     """
-    import clas_lens as cl
-    from clas_lens import analysis as an
-    from clas_lens import plot
-    from clas_lens.model import model_info
-    from clas_lens.plot._common import _np
-
     torch.manual_seed(0)
     cfg = settings(quick)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    log = _Log(verbose)
-    written: dict[str, str] = {}
-    summary: dict = {"quick": quick, "settings": cfg}
-
-    def save(fig, name: str) -> None:
-        written[name] = plot.save_png(fig, out / name, dpi=110)
-
-    # -- model and data ---------------------------------------------------------------
-    model = cl.load_model() if model is None else model
-    data = data_dir()
-    contrast, pairs = cl.load_concept(Path(concept) if concept else data / "positive")
-    contrast_o, _ = cl.load_concept(Path(other_concept) if other_concept else data / "formal")
-    contrast = _subset_contrast(contrast, cfg["contrast_pairs"])
-    contrast_o = _subset_contrast(contrast_o, cfg["contrast_pairs"])
-    train_set, valid_set = _take(pairs.train, cfg["train_pairs"]), _take(pairs.valid, cfg["valid_pairs"])
-    test_prompts = pairs.test.prompts[: cfg["gen_prompts"]]
-    n_layers = int(model.cfg.n_layers)
-    layers = list(range(n_layers)) if cfg["layers"] is None else cfg["layers"]
-    summary.update({"model": model_info(model)["model_name"], "layers": layers,
-                    "concept": contrast.name, "other_concept": contrast_o.name})
-    log("load model and data")
-
-    # -- probe directions (one activation pass per concept, every method on it) --------
-    acts = cl.resid_activations(model, contrast.prompts, layers)
-    dirs = {m: cl.fit_directions(model, contrast, method=m, layers=layers, activations=acts,
-                                 progress=False) for m in cfg["methods"]}
-    log("positive activations and probes")
-    acts_o = cl.resid_activations(model, contrast_o.prompts, layers)
-    dirs_o = cl.fit_directions(model, contrast_o, method="mean_diff", layers=layers,
-                               activations=acts_o, progress=False)
-    log("formal activations and probe")
-    main_dirs = dirs["mean_diff"]
-    named = {f"{contrast.name}/{m}": d for m, d in dirs.items()}
-    named[f"{contrast_o.name}/mean_diff"] = dirs_o
-    save(plot.probe_accuracy_mpl(named, title="held-out probe accuracy per layer"),
-         "probe_accuracy.png")
-    summary["probe_accuracy"] = {k: [round(float(a), 4) for a in d.accuracy]
-                                 for k, d in named.items()}
-
-    others = {**{f"{contrast.name}/{m}": dirs[m] for m in cfg["methods"] if m != "mean_diff"},
-              f"{contrast_o.name}/mean_diff": dirs_o}
-    sims = [an.cosine_per_layer(main_dirs, d, labels=(f"{contrast.name}/mean_diff", name))
-            for name, d in others.items()]
-    save(plot.cosine_plot_mpl(
-        sims, title=f"cosine of the {contrast.name}/mean_diff direction with other methods and "
-                    f"concepts\n(grey: null 95% of random directions, d={sims[0].null.d})"),
-        "concept_similarity.png")
-    summary["concept_similarity"] = {r.labels[1]: {k: v for k, v in r.summary().items()
-                                                   if k != "labels"} for r in sims}
-    sm = an.layer_similarity_matrix(main_dirs)
-    save(plot.similarity_matrix_plot_mpl(sm), "layer_similarity.png")
-    log("direction similarity figures")
-
-    # -- CLAS training ----------------------------------------------------------------
-    steerer = cl.CLASSteerer(main_dirs)
-    hist = cl.train(model, steerer, train_set, valid_set, epochs=cfg["epochs"], progress=False)
-    save(plot.training_curves_mpl(hist, title=f"CLAS on {contrast.name} "
-                                  f"({len(layers)} layers, mean_diff directions)"),
-         "training_curves.png")
-    summary["training"] = {"valid_losses": hist.valid_losses, "best_epoch": hist.best_epoch,
-                           "seconds": round(hist.seconds, 1)}
-    log("train CLAS")
-
-    ro = an.readout_alignment(steerer)
-    save(plot.cosine_plot_mpl(ro, title=f"read-out w vs probe v per layer (grey: null 95%, "
-                                        f"d={ro.null.d})"), "readout_similarity.png")
-    summary["readout_alignment"] = {k: v for k, v in ro.summary().items() if k != "labels"}
-
-    # -- steered generation and token strengths ----------------------------------------
-    res = cl.generate(model, steerer, test_prompts, max_new_tokens=cfg["max_new_tokens"],
-                      progress=False)
-    log("generate")
-    profile_gen = an.layer_profile(res, generated_only=True)
-    profile_all = an.layer_profile(res)
-    top_layer = res.layers[int(profile_gen.argmax())]
-    save(plot.strength_heatmap_mpl(res, 0, title=f"CLAS strength alpha per token and layer: "
-                                                  f"\u201c{res.prompts[0]}\u201d"),
-         "strength_heatmap.png")
-    gen = res.generated_mask()
-    spread = res.strengths[gen].std(0) if int(gen.sum()) > 1 else profile_gen
-    ctx_layer = res.layers[int(spread.argmax())]
-    save(plot.prompts_heatmap_mpl(res, ctx_layer, generated_only=True,
-                                  title=f"alpha on the steered answers at layer {ctx_layer} "
-                                        f"(the layer where alpha varies most across tokens)"),
-         "prompts_tokens.png")
-    fig = plot.layer_profile_plot_mpl(res.layers, profile_gen, label="generated tokens",
-                                      title="mean |alpha| per steered layer (held-out prompts)")
-    ax = fig.axes[0]
-    ax.plot([str(L) for L in res.layers], _np(profile_all), "k.-", label="all tokens")
-    ax.legend(fontsize=8)
-    save(fig, "layer_profile.png")
-    page = ["<html><head><meta charset='utf-8'><title>CLAS token strengths</title></head><body>",
-            f"<h3>CLAS strengths (mean over layers), {summary['model']}, concept "
-            f"{contrast.name}</h3>"]
-    for i in range(len(res)):
-        page.append(f"<p><b>{html.escape(res.prompts[i])}</b></p>")
-        page.append(plot.token_html(res, i, None))
-    page.append("</body></html>")
-    (out / "token_strengths.html").write_text("\n".join(page), encoding="utf-8")
-    written["token_strengths.html"] = str(out / "token_strengths.html")
-    summary["generation"] = {"texts": res.texts, "top_layer": top_layer,
-                             "most_variable_layer": ctx_layer,
-                             "strength_summary": [{k: v for k, v in s.items() if k != "prompt"}
-                                                  for s in an.strength_summary(res)]}
-    log("strength figures")
-
-    # -- attribution: why does one token's alpha fire? ---------------------------------
-    gen_mask = res.generated_mask()[0]
-    j = res.layers.index(top_layer)
-    s0 = res.strengths[0, :, j].abs().masked_fill(~gen_mask, -1.0)
-    pos = int(s0.argmax()) if bool(gen_mask.any()) else int(res.mask[0].sum()) - 1
-    ids = res.token_ids[0][: pos + 1]
-    attrs = an.attribute_layers(model, steerer, ids, position=pos)
-    attr = attrs[res.layers.index(top_layer)]
-    save(plot.attribution_plot_mpl(attr, top=20), "attribution.png")
-    save(plot.attribution_layers_plot_mpl(attrs), "attribution_layers.png")
-    summary["attribution"] = {"layer": attr.layer, "position": attr.position,
-                              "token": attr.token, "alpha": attr.alpha, "total": attr.total,
-                              "grouped": attr.grouped(), "top": an.top_components(attr, 10)}
-    log("attribution")
-
-    # -- LAS layer sweep ---------------------------------------------------------------
-    sweep_layers = cfg["sweep_layers"]
-    if sweep_layers == "every_3":
-        sweep_layers = layers[1::3]
-    norms = acts.norm(dim=-1).mean(0)  # [layer] mean residual norm (last prompt token)
-    ref = float(norms[[layers.index(L) for L in sweep_layers]].mean())
-    coefs = [round(f * ref, 3) for f in cfg["coef_fractions"]]
-    sw = an.layer_sweep_las(model, main_dirs, valid_set, coefs, layers=sweep_layers)
-    gain = float((sw.nll - sw.baseline).min())
-    vmax = max(0.25, 4 * abs(gain)) if gain < 0 else None  # keep improvements visible
-    save(plot.sweep_plot_mpl(sw, title=f"LAS at one layer (h + c v): change in valid NLL vs "
-                                       f"unsteered ({sw.baseline:.3f})\nmean |h| = {ref:.0f}; "
-                                       f"box: best (layer, c)", vmax=vmax),
-         "las_layer_sweep.png")
-    summary["las_sweep"] = {"layers": sw.layers, "coefficients": coefs, "baseline": sw.baseline,
-                            "nll": sw.nll.tolist(), "best": sw.best()}
-    log("LAS layer sweep")
-
-    summary["seconds"] = log.steps
-    summary["total_seconds"] = round(time.perf_counter() - log.t0, 1)
-    with open(out / "figures.json", "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1, default=_jsonable)
-    written["figures.json"] = str(out / "figures.json")
-    if verbose:
-        print(f"[figures] wrote {len(written)} files to {out} in {summary['total_seconds']}s")
-    return written
+    run = _Run(Path(out), cfg, verbose, summary={"quick": quick, "settings": cfg})
+    run.out.mkdir(parents=True, exist_ok=True)
+    inp = load_inputs(run, model, concept, other_concept)
+    directions, acts = probe_figures(run, inp)
+    steerer = training_figures(run, inp, directions)
+    res, top_layer = strength_figures(run, inp, steerer)
+    attribution_figures(run, inp, steerer, res, top_layer)
+    sweep_figures(run, inp, directions, acts, steerer)
+    write_summary(run)
+    return run.written
 
 
 def _jsonable(x):
@@ -278,4 +368,7 @@ def _jsonable(x):
     return str(x)
 
 
-__all__ = ["FIGURES", "data_dir", "make_figures", "settings"]
+__all__ = [
+    "FIGURES", "attribution_figures", "data_dir", "load_inputs", "make_figures", "probe_figures",
+    "settings", "strength_figures", "sweep_figures", "training_figures", "write_summary",
+]

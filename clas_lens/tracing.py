@@ -48,7 +48,8 @@ class GenerationResult:
         texts: generated (or teacher-forced) continuation texts.
         token_ids: all token ids per example (prompt then continuation).
         prompt_lengths: number of prompt tokens per example.
-        str_tokens: the tokens as strings.
+        str_tokens: each token's text, from the tokenizer (``" sun"``, ``"\\n"``,
+            ``"<|im_start|>"``; a piece of a multi-byte character shows as ``"\\ufffd"``).
         strengths: ``[batch, pos, layer]`` (``[batch, pos, layer, rank]`` when rank > 1),
             zero where ``mask`` is False; ``None`` unsteered or for steerers without strengths.
         projections: ``h . v`` before steering, same shape, or ``None``.
@@ -178,7 +179,7 @@ def _assemble(model, steerer, prompts, rows, method) -> GenerationResult:
             token_ids.append(ids)
             plens.append(seq_lens[i])
             texts.append(tok.decode(ids[seq_lens[i]:], skip_special_tokens=True))
-            strs.append(tok.convert_ids_to_tokens(ids))
+            strs.append([tok.convert_tokens_to_string([t]) for t in tok.convert_ids_to_tokens(ids)])
             if st is not None:
                 S.append(st[i][real])
             if pr is not None:

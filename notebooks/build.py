@@ -105,12 +105,13 @@ def nb_quickstart():
                  '    print("CLAS     ", s.replace(chr(10), " "), end="\\n\\n")\n'
                  "res.strengths.shape   # [batch, pos, layer]"),
         ("md", "## 5. Where does the steering act?\nTokens x layers heatmap of `alpha` (hover for the "
-               "token; the dashed line marks the start of the answer), then the answer as coloured tokens "
+               "token; the dashed line marks the start of the answer; grey: the first token and the system "
+               "prompt, left out of the colour scale), then the answer as coloured tokens "
                "(red: pushed toward the concept, blue: away)."),
         ("code", "plot.strength_heatmap(res, 0)"),
         ("code", "plot.show_tokens(res, 0);"),
         ("md", "Static version for a paper or a README (matplotlib):"),
-        ("code", "fig = plot.strength_heatmap_mpl(res, 0)\nfig"),
+        ("code", "fig = plot.strength_heatmap(res, 0, backend=\"matplotlib\")\nfig"),
         ("md", "## Save and reload\nSteerers and directions are safetensors + `cfg.json` folders."),
         ("code", "import tempfile\nwith tempfile.TemporaryDirectory() as tmp:\n"
                  "    steerer.save(f\"{tmp}/clas\")\n"

@@ -194,7 +194,8 @@ def attribute_layers(model, steerer: CLASSteerer, prompt_or_ids, *,
         raise ValueError(f"position {position} out of range for {len(ids)} tokens")
     pos = position % len(ids)
     store, before, after = _steered_pass(model, steerer, ids, max(layers))
-    toks = model.tokenizer.convert_ids_to_tokens(ids)
+    toks = [model.tokenizer.convert_tokens_to_string([t])
+            for t in model.tokenizer.convert_ids_to_tokens(ids)]
     comps = _components(model, store, before, after, max(layers), pos, steerer.layers)
     _check_attn_sum(model, store, max(layers), pos, comps)
     return [_attribute_one(steerer, l, pos, toks, comps, before, rank_index) for l in layers]
@@ -279,7 +280,8 @@ def head_attention_sources(model, ids, layer: int, head: int, position: int = -1
     hooks = [(f"blocks.{layer}.attn.hook_pattern", grab)]
     with torch.inference_mode(), ctx, model.hooks(fwd_hooks=hooks):
         model(torch.tensor([tok_ids], device=model_device(model)), stop_at_layer=stop)
-    toks = model.tokenizer.convert_ids_to_tokens(tok_ids)
+    toks = [model.tokenizer.convert_tokens_to_string([t])
+            for t in model.tokenizer.convert_ids_to_tokens(tok_ids)]
     w = box["p"]
     order = w.argsort(descending=True).tolist()[: k or len(w)]
     return [{"position": i, "token": toks[i], "weight": float(w[i])} for i in order]

@@ -2,14 +2,22 @@
 
 ``training_curves`` plots a :class:`~clas_lens.training.TrainHistory` (completion
 loss, parameter norms); ``probe_accuracy`` the held-out accuracy per layer of one
-or more :class:`~clas_lens.directions.Directions`, against chance.
+or more :class:`~clas_lens.directions.Directions`, against chance. Each draws with
+plotly (default) or matplotlib (``backend="matplotlib"``).
+
+Example:
+    >>> from clas_lens.training import TrainHistory
+    >>> h = TrainHistory(steps=[{"epoch": 1, "train_loss": 3.0}, {"epoch": 1, "train_loss": 2.0}],
+    ...                  valid=[{"epoch": 1, "valid_loss": 2.5}], best_epoch=1)
+    >>> [(t.name, list(t.y)) for t in training_curves(h).data]
+    [('train', [3.0, 2.0]), ('valid', [2.5])]
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from clas_lens.plot._common import _fig_ax, _go, _new_figure, _np
+from clas_lens.plot.common import check_backend, figure_axes, new_figure, plotly_go, to_numpy
 
 
 # --------------------------------------------------------------------------- training, probes
@@ -31,13 +39,16 @@ def _history_series(history) -> dict:
             "best_epoch": getattr(history, "best_epoch", None)}
 
 
-def training_curves(history, *, title: str | None = None):
+def training_curves(history, *, title: str | None = None, backend: str = "plotly"):
     """Loss (train per step, valid per epoch) and parameter norms of a
-    :class:`~clas_lens.training.TrainHistory` (plotly, two panels)."""
+    :class:`~clas_lens.training.TrainHistory` (two panels; ``backend``: plotly or matplotlib)."""
+    check_backend(backend)
+    h = _history_series(history)
+    if backend == "matplotlib":
+        return _training_curves_mpl(h, title)
     from plotly.subplots import make_subplots
 
-    go = _go()
-    h = _history_series(history)
+    go = plotly_go()
     fig = make_subplots(rows=1, cols=2, subplot_titles=("completion loss", "parameter norms"))
     fig.add_trace(go.Scatter(x=h["x"], y=h["train"], mode="lines+markers", name="train"), 1, 1)
     if h["valid"]:
@@ -52,10 +63,8 @@ def training_curves(history, *, title: str | None = None):
     return fig
 
 
-def training_curves_mpl(history, *, title: str | None = None):
-    """Static twin of :func:`training_curves`."""
-    h = _history_series(history)
-    fig = _new_figure((10, 3.8))
+def _training_curves_mpl(h, title):
+    fig = new_figure((10, 3.8))
     a, b = fig.subplots(1, 2)
     a.plot(h["x"], h["train"], "o-", ms=3, label="train")
     if h["valid"]:
@@ -87,15 +96,19 @@ def _accuracy_series(directions) -> dict[str, tuple[list[int], np.ndarray]]:
     else:
         d = directions
         items = [(f"{d.concept}/{d.method}" if d.concept else d.method, d)]
-    return {name: (list(d.layers), _np(d.accuracy)) for name, d in items}
+    return {name: (list(d.layers), to_numpy(d.accuracy)) for name, d in items}
 
 
-def probe_accuracy(directions, *, title: str | None = None):
-    """Held-out probe accuracy per layer (plotly) of one :class:`Directions`, a list of them,
+def probe_accuracy(directions, *, title: str | None = None, backend: str = "plotly", ax=None):
+    """Held-out probe accuracy per layer of one :class:`Directions`, a list of them,
     or a ``{name: Directions}`` dict; the dashed line is chance (0.5)."""
-    go = _go()
+    check_backend(backend, ax)
+    curves = _accuracy_series(directions)
+    if backend == "matplotlib":
+        return _probe_accuracy_mpl(curves, title, ax)
+    go = plotly_go()
     fig = go.Figure()
-    for name, (layers, acc) in _accuracy_series(directions).items():
+    for name, (layers, acc) in curves.items():
         fig.add_trace(go.Scatter(x=layers, y=acc, mode="lines+markers", name=name,
                                  hovertemplate="layer %{x}<br>accuracy %{y:.3f}<extra></extra>"))
     fig.add_hline(y=0.5, line_dash="dash", line_color="grey", annotation_text="chance")
@@ -104,11 +117,10 @@ def probe_accuracy(directions, *, title: str | None = None):
     return fig
 
 
-def probe_accuracy_mpl(directions, *, title: str | None = None, ax=None):
-    """Static twin of :func:`probe_accuracy`."""
-    fig, ax = _fig_ax(ax, (7, 3.8))
+def _probe_accuracy_mpl(curves, title, ax):
+    fig, ax = figure_axes(ax, (7, 3.8))
     styles = ["o-", "s--", "^-.", "v:", "D-", "x--"]
-    for k, (name, (layers, acc)) in enumerate(_accuracy_series(directions).items()):
+    for k, (name, (layers, acc)) in enumerate(curves.items()):
         ax.plot(layers, acc, styles[k % len(styles)], ms=4.5 - 0.5 * (k % 3), alpha=0.85,
                 label=name)
     ax.axhline(0.5, color="grey", ls="--", lw=1, label="chance")
