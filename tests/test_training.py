@@ -1,7 +1,5 @@
 """Training: completion-only loss, frozen model, selection, determinism, failures."""
 
-import math
-
 import pytest
 import torch
 from conftest import n_hooks, random_directions, randomize
@@ -23,6 +21,19 @@ def task(tiny):
     pairs = [(p, tiny.tokenizer.decode(ids[n:])) for p, ids, n in
              zip(prompts, res.token_ids, res.prompt_lengths)]
     return dirs, pairs[:5], pairs[5:]
+
+
+@pytest.fixture(scope="module")
+def anti_valid(tiny, task):
+    """Valid pairs from the opposite teacher (b = -3): training on ``task`` makes them worse."""
+    dirs, _, va = task
+    anti = cl.CLASSteerer(dirs)
+    with torch.no_grad():
+        anti.b.fill_(-3.0)
+    prompts = [p for p, _ in va]
+    res = cl.generate(tiny, anti, prompts, max_new_tokens=6, stop_at_eos=False)
+    return [(p, tiny.tokenizer.decode(ids[n:])) for p, ids, n in
+            zip(prompts, res.token_ids, res.prompt_lengths)]
 
 
 def test_labels_cover_completion_only(tiny):
@@ -58,23 +69,33 @@ def test_training_is_deterministic(tiny, task):
     assert torch.equal(a.W, b.W) and torch.equal(a.b, b.b)
 
 
-def test_untrained_state_can_win(tiny, task):
-    dirs, tr, va = task
+def test_untrained_state_can_win(tiny, task, anti_valid):
+    """When every epoch makes the valid loss worse, the untrained (zero) state is kept."""
+    dirs, tr, _ = task
     st = cl.CLASSteerer(dirs)
-    hist = cl.train(tiny, st, tr, va, epochs=2, lr={"W": 5.0, "b": 50.0}, progress=False)
-    if hist.best_epoch == 0:
-        assert torch.count_nonzero(st.W) == 0 and torch.count_nonzero(st.b) == 0
-    assert hist.best_valid_loss <= hist.valid_losses[0]
+    hist = cl.train(tiny, st, tr, anti_valid, epochs=3, progress=False)
+    first, *later = hist.valid_losses
+    assert len(later) == 3 and all(v > first + 1e-3 for v in later)  # the steerer did move
+    assert hist.steps[-1]["train_loss"] < hist.steps[0]["train_loss"] - 0.05
+    assert hist.best_epoch == 0 and hist.best_valid_loss == first
+    assert torch.count_nonzero(st.W) == 0 and torch.count_nonzero(st.b) == 0
+    assert cl.completion_nll(tiny, st, anti_valid) == pytest.approx(
+        cl.completion_nll(tiny, None, anti_valid), abs=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["las_layerwise", "reft", "lora"])
-def test_baselines_train(tiny, task, kind):
+@pytest.mark.parametrize("kind,lr", [("las", None), ("las_layerwise", None), ("reft", None),
+                                     ("lora", 3e-2)])
+def test_baselines_train(tiny, task, kind, lr):
+    """Every trainable baseline lowers the valid loss on the teacher task (a baseline whose
+    gradients never reach its parameters keeps the epoch-0 loss and fails here)."""
     dirs, tr, va = task
-    st = {"las_layerwise": lambda: cl.LayerwiseLASSteerer(dirs),
+    st = {"las": lambda: cl.LASSteerer(dirs), "las_layerwise": lambda: cl.LayerwiseLASSteerer(dirs),
           "reft": lambda: cl.ReFTSteerer(tiny), "lora": lambda: cl.LoRASteerer(tiny)}[kind]()
-    hist = cl.train(tiny, st, tr, va, epochs=3, progress=False)
-    assert hist.best_valid_loss <= hist.valid_losses[0]
-    assert math.isfinite(hist.best_valid_loss)
+    hist = cl.train(tiny, st, tr, va, epochs=3, lr=lr, progress=False)
+    assert hist.best_valid_loss < hist.valid_losses[0] - 0.02, hist.valid_losses
+    assert hist.best_epoch >= 1
+    assert cl.completion_nll(tiny, st, va) == pytest.approx(hist.best_valid_loss, rel=1e-5)
+    assert n_hooks(tiny) == 0
 
 
 def test_las_grid_search_picks_lowest(tiny, task):
