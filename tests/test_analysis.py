@@ -12,6 +12,7 @@ from clas_lens import analysis as an
 from clas_lens.losses import completion_nll
 from clas_lens.steerers import CLASSteerer, LASSteerer, ReFTSteerer
 from clas_lens.tracing import GenerationResult, trace
+from clas_lens.training import train
 
 PAIRS = [
     ("Tell me about cats.", "I love cats, they are wonderful!"),
@@ -71,10 +72,14 @@ def test_layer_profile_and_errors():
 
 def test_compare_strengths_clas_vs_las(tiny, clas):
     las = LASSteerer(random_directions(tiny)).set(0.3)
+    other = randomize(CLASSteerer(random_directions(tiny, seed=7)), seed=8, scale=0.05)
     prompts = [p for p, _ in PAIRS]
-    ra, rb = trace(tiny, clas, prompts), trace(tiny, las, prompts)
-    cmp_ = an.compare_strengths(ra, ra)
-    assert torch.allclose(cmp_.corr, torch.ones(3), atol=1e-5) and cmp_.n_tokens == int(ra.mask.sum())
+    ra, rb, rc = trace(tiny, clas, prompts), trace(tiny, las, prompts), trace(tiny, other, prompts)
+    cmp_ = an.compare_strengths(ra, rc)
+    xa, xc = ra.strengths[ra.mask], rc.strengths[rc.mask]  # [tokens, layer], by hand
+    by_hand = torch.stack([torch.corrcoef(torch.stack([xa[:, l], xc[:, l]]))[0, 1] for l in range(3)])
+    assert torch.allclose(cmp_.corr, by_hand.float(), atol=1e-5) and cmp_.n_tokens == len(xa)
+    assert torch.allclose(cmp_.mean_a, xa.mean(0)) and torch.allclose(cmp_.mean_abs_b, xc.abs().mean(0))
     cmp_ = an.compare_strengths(ra, rb)
     assert torch.allclose(cmp_.mean_b, torch.full((3,), 0.3))
     assert torch.isnan(cmp_.corr).all()  # a constant LAS coefficient has no correlation
@@ -99,8 +104,8 @@ def test_null_band_matches_theory(d):
 
 def test_cosine_per_layer_and_readout(tiny, clas):
     dirs = random_directions(tiny)
-    same = an.cosine_per_layer(dirs, dirs)
-    assert torch.allclose(same.cos, torch.ones(3)) and same.outside_null().all()
+    flipped = an.cosine_per_layer(dirs.vectors, -3 * dirs.vectors)  # scale-free, sign kept
+    assert torch.allclose(flipped.cos, -torch.ones(3)) and flipped.outside_null().all()
     other = random_directions(tiny, seed=5)
     res = an.cosine_per_layer(dirs, other)
     manual = (dirs.vectors * other.vectors).sum(1)
@@ -120,13 +125,17 @@ def test_cosine_per_layer_and_readout(tiny, clas):
 def test_layer_and_method_similarity(tiny):
     dirs = random_directions(tiny)
     m = an.layer_similarity_matrix(dirs)
-    assert m.matrix.shape == (3, 3) and torch.allclose(m.matrix.diagonal(), torch.ones(3))
-    assert torch.allclose(m.matrix, m.matrix.T) and m.off_diagonal().shape == (6,)
-    ms = an.method_similarity({"a": dirs, "b": random_directions(tiny, seed=3), "a2": dirs})
-    assert ms.cos.shape == (3, 3, 3)
-    assert torch.allclose(ms.cos[0, 2], torch.ones(3)) and len(ms.table()) == 3
+    assert torch.allclose(m.matrix, dirs.vectors @ dirs.vectors.T, atol=1e-6)
+    off = [float(m.matrix[i, j]) for i in range(3) for j in range(3) if i != j]
+    assert sorted(m.off_diagonal().tolist()) == pytest.approx(sorted(off), abs=1e-6)
+    b = random_directions(tiny, seed=3)
+    ms = an.method_similarity({"a": dirs, "b": b, "c": random_directions(tiny, seed=4)})
+    assert ms.cos.shape == (3, 3, 3) and len(ms.table()) == 3
+    assert torch.allclose(ms.cos[0, 1], (dirs.vectors * b.vectors).sum(1), atol=1e-6)
+    dirs.accuracy = torch.tensor([0.6, 0.9, 0.7])
     prof = an.probe_profile(dirs)
-    assert prof["layers"] == [0, 1, 2] and prof["best_accuracy"] == 1.0
+    assert prof["layers"] == [0, 1, 2] and prof["best_layer"] == 1
+    assert prof["best_accuracy"] == pytest.approx(0.9)
 
 
 # ---- 3. sweeps -----------------------------------------------------------------------
@@ -154,12 +163,24 @@ def test_right_padding_does_not_change_nll(tiny):
 
 
 def test_clas_sweeps(tiny):
+    """Each entry of the per-layer and cumulative sweeps is the best valid NLL of a CLAS steerer
+    trained directly on those layers with the same settings and seed, and training helps."""
     dirs = random_directions(tiny)
-    sw = an.layer_sweep_clas(tiny, dirs, PAIRS, PAIRS[:2], layers=[0, 2], epochs=1)
-    assert sw.nll.shape == (2,) and sw.layers == [0, 2]
-    assert (sw.nll <= sw.baseline + 1e-6).all()  # best-valid keeps epoch 0 (= unsteered) at worst
-    cu = an.cumulative_sweep_clas(tiny, dirs, PAIRS, PAIRS[:2], ks=[1, 3], epochs=1)
-    assert cu.layers == [1, 3] and cu.nll.shape == (2,)
+    kw = dict(epochs=2, lr={"W": 1e-2, "b": 0.3}, seed=5)
+    valid = PAIRS[:2]
+    sw = an.layer_sweep_clas(tiny, dirs, PAIRS, valid, layers=[0, 2], **kw)
+    cu = an.cumulative_sweep_clas(tiny, dirs, PAIRS, valid, ks=[1, 3], **kw)
+
+    def direct(layers):
+        st = CLASSteerer(dirs, layers=layers)
+        train(tiny, st, PAIRS, valid, progress=False, **kw)
+        return completion_nll(tiny, st, valid)
+
+    assert sw.layers == [0, 2] and cu.layers == [1, 3]
+    assert sw.nll.tolist() == pytest.approx([direct([0]), direct([2])], abs=1e-5)
+    assert cu.nll.tolist() == pytest.approx([direct([0]), direct([0, 1, 2])], abs=1e-5)
+    assert sw.baseline == pytest.approx(completion_nll(tiny, None, valid), abs=1e-6)
+    assert (sw.nll < sw.baseline - 1e-3).all() and min(sw.meta["best_epoch"]) >= 1
     with pytest.raises(ValueError, match="ks must"):
         an.cumulative_sweep_clas(tiny, dirs, PAIRS, PAIRS, ks=[4])
     assert n_hooks(tiny) == 0
