@@ -334,7 +334,10 @@ class Judge:
                 with self._opener.open(req, timeout=self.timeout) as resp:
                     return self._read(resp.read())
             except urllib.error.HTTPError as err:
-                detail = err.read(300).decode("utf-8", errors="replace") if err.fp else ""
+                try:
+                    detail = err.read(300).decode("utf-8", errors="replace") if err.fp else ""
+                except (OSError, http.client.HTTPException):
+                    detail = ""
                 error = f"HTTP {err.code} {err.reason}: {detail}".strip()
                 if err.code not in RETRY_HTTP and err.code < 500:
                     return JudgeResult(None, "missing", None, error=error)

@@ -36,6 +36,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -113,26 +114,39 @@ def _weights(weights, n: int, name: str) -> np.ndarray:
     return w
 
 
+@functools.lru_cache(maxsize=8)
+def _draw_counts(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    """How often each of ``n`` rows is drawn in each resample: ``[n_resamples, n]``, read-only."""
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    flat = (idx + np.arange(n_resamples)[:, None] * n).ravel()
+    counts = np.bincount(flat, minlength=n_resamples * n).reshape(n_resamples, n).astype(float)
+    counts.setflags(write=False)
+    return counts
+
+
 def _resampled_means(parts: Sequence[tuple[np.ndarray, np.ndarray]], n_resamples: int,
                      seed: int) -> np.ndarray:
-    """Bootstrap statistic ``sum_k sign_k * wmean_k`` over shared row draws.
+    """Bootstrap statistic ``sum_k wmean_k`` over shared row draws.
 
-    ``parts`` holds ``(w * x, w)`` arrays of equal length (already signed); every resample
-    draws row indices once and uses them for every part, which is what pairs them.
+    ``parts`` holds ``(w * x, w)`` arrays of equal length (signed through ``w * x``); every
+    resample draws row indices once and uses them for every part, which is what pairs them.
+    Small problems reuse one matrix of draw counts per ``(n, n_resamples, seed)``; big ones
+    draw indices in chunks to bound memory.
     """
     n = parts[0][0].shape[0]
-    rng = np.random.default_rng(seed)
-    out = np.empty(n_resamples)
-    step = max(1, _CHUNK_VALUES // max(n, 1))
-    for start in range(0, n_resamples, step):
-        stop = min(n_resamples, start + step)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        total = np.zeros(stop - start)
-        for wx, w in parts:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                total += wx[idx].sum(axis=1) / w[idx].sum(axis=1)
-        out[start:stop] = total
-    return out
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if n * n_resamples <= _CHUNK_VALUES:
+            counts = _draw_counts(n, n_resamples, seed)
+            # einsum rather than a BLAS product: no thread pool to contend for on a busy machine
+            return sum(np.einsum("rn,n->r", counts, wx) / np.einsum("rn,n->r", counts, w) for wx, w in parts)
+        rng = np.random.default_rng(seed)
+        out = np.empty(n_resamples)
+        step = max(1, _CHUNK_VALUES // n)
+        for start in range(0, n_resamples, step):
+            stop = min(n_resamples, start + step)
+            idx = rng.integers(0, n, size=(stop - start, n))
+            out[start:stop] = sum(wx[idx].sum(axis=1) / w[idx].sum(axis=1) for wx, w in parts)
+        return out
 
 
 def _bounds(stat: np.ndarray, level: float) -> tuple[float, float]:
