@@ -9,7 +9,7 @@ from __future__ import annotations
 import common as C  # noqa: I001
 
 from clas_lens.data import ContrastSet
-from clas_lens.directions import METHODS, fit_directions, resid_activations
+from clas_lens.directions import PROBE_METHODS, fit_directions, resid_activations
 
 
 def run(args, model=None) -> dict:
@@ -26,10 +26,10 @@ def run(args, model=None) -> dict:
         w, c = C.timed(lambda: box.setdefault(
             "a", resid_activations(model, sub.prompts, None, position="last")))
         out["activations_s_wall"], out["activations_s_cpu"] = w, c
-        for m in METHODS:  # the whole call: activations + one direction per layer
+        for m in PROBE_METHODS:  # the whole call: activations + one direction per layer
             w, c = C.timed(lambda m=m: fit_directions(model, sub, m, progress=False))
             out[f"probe_{m}_s_wall"], out[f"probe_{m}_s_cpu"] = w, c
-        for m in METHODS:  # fitting only, on the activations read above
+        for m in PROBE_METHODS:  # fitting only, on the activations read above
             w, c = C.timed(lambda m=m: fit_directions(model, sub, m, progress=False,
                                                       activations=box["a"]))
             out[f"fit_only_{m}_s_wall"], out[f"fit_only_{m}_s_cpu"] = w, c

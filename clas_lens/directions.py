@@ -7,17 +7,23 @@ the direction is that matrix's top eigenvector). Every direction is unit norm an
 points toward label 1.
 
 Example:
-    >>> dirs = fit_directions(model, contrast, method="mean_diff")   # doctest: +SKIP
-    >>> dirs.vectors.shape, dirs.accuracy.shape                       # doctest: +SKIP
-    (torch.Size([30, 576]), torch.Size([30]))
+    >>> dirs = fit_directions(model, contrast, method="mean_diff", progress=False)
+    >>> dirs.vectors.shape, dirs.accuracy.shape      # [layer, d_model], [layer]
+    (torch.Size([3, 32]), torch.Size([3]))
+    >>> dirs.fit.n_fit + dirs.fit.n_heldout == len(contrast)
+    True
+    >>> dirs.save(tmp / "dirs")
+    >>> load_directions(tmp / "dirs", model=model).cfg == dirs.cfg
+    True
 """
 
 from __future__ import annotations
 
 import operator
 import os
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,6 +31,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from clas_lens.configs import DirectionsConfig, ProbeFit
 from clas_lens.data import ContrastSet
 from clas_lens.io import (
     ArtifactError,
@@ -36,6 +43,7 @@ from clas_lens.io import (
 from clas_lens.model import (
     chat_ids,
     check_batch_size,
+    completion_ids,
     fit_context,
     left_pad,
     model_device,
@@ -92,7 +100,7 @@ def check_layers(model, layers: Sequence[int] | None) -> list[int]:
 def resid_activations(
     model, prompts: Sequence[str], layers: Sequence[int] | None = None, *,
     position: str = "last", batch_size: int = 16, chat: bool = True, progress: bool = False,
-    truncate: bool = False,
+    truncate: bool = False, completions: Sequence[str] | None = None,
 ) -> Float[Tensor, "n layer d_model"]:
     """Residual stream (``blocks.{l}.hook_resid_post``) of each prompt, one pass per batch.
 
@@ -101,12 +109,16 @@ def resid_activations(
         prompts: user prompts (chat-formatted unless ``chat=False``).
         layers: layers to read (default: all).
         position: ``"last"`` (the last prompt token) or ``"mean"`` (mean over the
-            prompt's tokens, position 0 excluded: its norm is an outlier).
+            prompt's tokens, position 0 excluded: its norm is an outlier); with
+            ``completions``, the last completion token or the mean over the completion.
         batch_size: prompts per forward pass (left padded).
         chat: apply the chat template.
         progress: show a progress bar.
         truncate: keep only the last tokens of a prompt longer than the model's context
             (and its BOS token); without it such a prompt is an error.
+        completions: optional assistant text after each chat prompt (no end-of-turn
+            token); activations are then read over the completion (at the last prompt
+            token for an empty completion).
 
     Returns:
         float32 activations ``[n_prompts, n_layers_read, d_model]``.
@@ -128,8 +140,16 @@ def resid_activations(
     for i, p in enumerate(prompts):
         if not isinstance(p, str):
             raise TypeError(f"prompt {i} is a {type(p).__name__}, not a str")
-    seqs = [fit_context(model, chat_ids(model, p, chat=chat), f"prompt {i}", truncate=truncate)
-            for i, p in enumerate(prompts)]
+    if completions is not None and len(completions) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    tails = [[] if completions is None else completion_ids(model, c, end_of_turn=False)
+             for c in (completions or prompts)]
+    seqs = [fit_context(model, chat_ids(model, p, chat=chat), f"prompt {i}", truncate=truncate,
+                        reserve=len(t)) + t for i, (p, t) in enumerate(zip(prompts, tails))]
+    # positions read by "mean" (the last ones, left padding): the completion (the last
+    # prompt token for an empty one), or the prompt without its first token
+    n_read = [max(len(t), 1) if completions is not None else len(s) - 1
+              for s, t in zip(seqs, tails)]
     names = {resid_hook(l): j for j, l in enumerate(layers)}
     out = torch.empty(len(seqs), len(layers), int(model.cfg.d_model))
     device = model_device(model)
@@ -137,19 +157,20 @@ def resid_activations(
     for start in tqdm(starts, desc="activations", disable=not progress):
         chunk = seqs[start:start + batch_size]
         ids, mask = left_pad(chunk, pad_id(model), device)
+        read = torch.zeros_like(mask)
+        for i, k in enumerate(n_read[start:start + batch_size]):
+            if k > 0:
+                read[i, -k:] = 1
         store: dict[int, Tensor] = {}
 
-        def make(j, store=store, mask=mask):
-            return lambda h, hook=None: grab(h, j, store, mask)
+        def make(j, store=store, read=read):
+            return lambda h, hook=None: grab(h, j, store, read)
 
-        def grab(h, j, store, mask):
+        def grab(h, j, store, read):
             if position == "last":
                 store[j] = h[:, -1].float().cpu()
             else:
-                m = mask.clone()
-                first = m.argmax(dim=1)
-                m[torch.arange(len(m)), first] = 0  # leave out each prompt's first token
-                m = m.unsqueeze(-1).to(h.dtype)
+                m = read.unsqueeze(-1).to(h.dtype)
                 store[j] = ((h * m).sum(1) / m.sum(1).clamp(min=1)).float().cpu()
             return h
 
@@ -253,7 +274,8 @@ def _rfm(X, y, pairs, seed):
     return vecs[:, -1]
 
 
-METHODS: dict[str, Callable] = {
+#: the probe methods, by name: ``(X [n, d], y [n], pairs or None, seed) -> direction [d]``
+PROBE_METHODS: dict[str, Callable] = {
     "mean_diff": _mean_diff,
     "logistic": _logistic,
     "pca": _pca,
@@ -263,13 +285,13 @@ METHODS: dict[str, Callable] = {
 
 def direction_from_features(X, y, method: str, *, pairs=None, seed: int = 0) -> np.ndarray:
     """One unit direction from features ``X [n, d]`` and labels ``y``, pointing toward label 1."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    if method not in PROBE_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(PROBE_METHODS)}")
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y)
     if len(set(y.tolist())) < 2:
         raise ValueError("a direction needs examples of both labels")
-    v = np.asarray(METHODS[method](X, y, pairs, seed), dtype=np.float64)
+    v = np.asarray(PROBE_METHODS[method](X, y, pairs, seed), dtype=np.float64)
     norm = np.linalg.norm(v)
     if not np.isfinite(norm) or norm == 0:
         raise FloatingPointError(f"{method} gave a zero or non-finite direction")
@@ -323,7 +345,8 @@ class Directions:
         method: the strategy name.
         model_name, n_layers, d_model: the model the directions were read from.
         concept: the contrast set's name.
-        meta: anything else recorded (position, seed, sizes).
+        fit: how :func:`fit_directions` fitted them (``None`` for directions made by hand;
+            a dict of the same fields is accepted).
     """
 
     vectors: Float[Tensor, "n_layers d_model"]
@@ -334,9 +357,11 @@ class Directions:
     n_layers: int
     d_model: int
     concept: str = ""
-    meta: dict = field(default_factory=dict)
+    fit: ProbeFit | None = None
 
     def __post_init__(self):
+        if isinstance(self.fit, dict):
+            self.fit = ProbeFit.from_dict(self.fit) if self.fit else None
         self.vectors = torch.as_tensor(self.vectors, dtype=torch.float32)
         self.accuracy = torch.as_tensor(self.accuracy, dtype=torch.float32)
         self.layers = [int(x) for x in self.layers]
@@ -368,37 +393,25 @@ class Directions:
             raise KeyError(f"no direction for layer {layer}; have {self.layers}")
         return self.vectors[self.layers.index(layer)]
 
-    def cfg(self) -> dict:
-        return {
-            "kind": "directions", "method": self.method, "layers": self.layers,
-            "hook_names": self.hook_names, "model_name": self.model_name,
-            "n_layers": self.n_layers, "d_model": self.d_model, "concept": self.concept,
-            "meta": self.meta,
-        }
+    @property
+    def cfg(self) -> DirectionsConfig:
+        """The config saved as ``cfg.json``."""
+        return DirectionsConfig(method=self.method, layers=list(self.layers),
+                                hook_names=self.hook_names, model_name=self.model_name,
+                                n_layers=self.n_layers, d_model=self.d_model,
+                                concept=self.concept, fit=self.fit)
 
     def save(self, path: str | os.PathLike) -> None:
         """Save as ``cfg.json`` + safetensors (atomic)."""
-        save_artifact(path, {"vectors": self.vectors, "accuracy": self.accuracy}, self.cfg())
+        save_artifact(path, {"vectors": self.vectors, "accuracy": self.accuracy},
+                      self.cfg.to_dict())
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model=None) -> "Directions":
-        """Load a saved artifact; with ``model`` given, refuse one made for another model."""
-        t, cfg = load_artifact(path, kind="directions")
-        missing = [k for k in ("layers", "method", "model_name", "n_layers", "d_model")
-                   if k not in cfg] + [k for k in ("vectors", "accuracy") if k not in t]
-        if missing:
-            raise ArtifactError(f"directions {path}: missing {', '.join(map(repr, missing))}")
-        if "hook_names" in cfg and cfg["hook_names"] != [resid_hook(int(l)) for l in cfg["layers"]]:
-            raise ArtifactError(f"directions {path}: hook_names {cfg['hook_names']} do not match "
-                                f"layers {cfg['layers']}")
-        if model is not None:
-            check_model_matches(cfg, model, f"directions {path}")
-        try:
-            return cls(t["vectors"], t["accuracy"], cfg["layers"], cfg["method"],
-                       cfg["model_name"], cfg["n_layers"], cfg["d_model"],
-                       cfg.get("concept", ""), cfg.get("meta", {}))
-        except (TypeError, ValueError) as err:
-            raise ArtifactError(f"directions {path}: {err}") from err
+    def load(cls, path: str | os.PathLike, model=None) -> Directions:
+        """Deprecated alias of :func:`load_directions`."""
+        warnings.warn("Directions.load is deprecated: use clas_lens.load_directions(path, model)",
+                      DeprecationWarning, stacklevel=2)
+        return load_directions(path, model)
 
     def check_model(self, model) -> None:
         """Refuse a model other than the one the directions were read from."""
@@ -436,21 +449,28 @@ def fit_directions(
 
     Raises:
         ValueError: unknown method or position, bad layers or holdout, a class with
-            fewer than 2 examples, activations of the wrong shape or non-finite.
+            fewer than 2 examples, activations of the wrong shape or non-finite, a
+            contrast without signal (its two labels' prompts identical pair by pair, or
+            one label's prompts exactly the other's: see ``ContrastSet.signal_problem``).
+
+    Warns:
+        UserWarning: the held-out accuracy is at chance at every layer (see
+            :func:`chance_accuracy`); ``fit.at_chance`` records it.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    if method not in PROBE_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(PROBE_METHODS)}")
     if position not in ("last", "mean"):
         raise ValueError(f"unknown position {position!r}; choose 'last' or 'mean'")
     if not isinstance(contrast, ContrastSet):
         raise TypeError("contrast must be a ContrastSet")
     if not 0.0 < float(holdout) < 1.0:
         raise ValueError(f"holdout must be between 0 and 1 (exclusive), got {holdout!r}")
+    contrast.check_signal()
     layers = check_layers(model, layers)
     if activations is None:
         activations = resid_activations(model, contrast.prompts, layers, position=position,
                                         batch_size=batch_size, progress=progress,
-                                        truncate=truncate)
+                                        truncate=truncate, completions=contrast.completions)
     else:
         activations = torch.as_tensor(activations)
         want = (len(contrast), len(layers), int(model.cfg.d_model))
@@ -468,10 +488,66 @@ def fit_directions(
         v = direction_from_features(X[fit], y[fit], method, pairs=pairs_fit, seed=seed)
         vecs.append(torch.from_numpy(v).float())
         accs.append(projection_accuracy(v, X[fit], y[fit], X[test], y[test]))
+    chance = chance_accuracy(y[test])
+    at_chance = max(accs) <= chance
+    if at_chance:
+        warnings.warn(f"contrast {contrast.name!r}: the held-out probe accuracy is at chance at "
+                      f"every layer (best {max(accs):.3f} <= {chance:.3f} on {len(test)} held-out "
+                      "prompts): these directions may be noise. Check the contrast, or try a "
+                      "response contrast (clas_lens.response_contrast)", stacklevel=2)
     info = model_info(model)
     return Directions(
         torch.stack(vecs), torch.tensor(accs), layers, method, info["model_name"],
         info["n_layers"], info["d_model"], contrast.name,
-        {"position": position, "seed": seed, "holdout": holdout, "n_fit": len(fit),
-         "n_heldout": len(test), "truncate": truncate},
+        ProbeFit(position=position, seed=seed, holdout=float(holdout), n_fit=len(fit),
+                 n_heldout=len(test), truncate=truncate, contrast=contrast.source,
+                 chance_accuracy=chance, at_chance=at_chance),
     )
+
+
+def chance_accuracy(y_heldout) -> float:
+    """The held-out accuracy a probe without signal reaches by luck.
+
+    The majority share ``p`` of the held-out labels plus two binomial standard errors,
+    ``p + 2 sqrt(p (1 - p) / n)``, at most ``1 - 1/n`` (a probe right on every held-out
+    prompt is never called chance): an accuracy at or below it is at chance.
+    """
+    y = np.asarray(y_heldout)
+    n = len(y)
+    p = max(float((y == 1).mean()), float((y == 0).mean()))
+    return min(1.0 - 1.0 / n, p + 2.0 * float(np.sqrt(p * (1 - p) / n)))
+
+
+def load_directions(path: str | os.PathLike, model=None) -> Directions:
+    """Load saved directions; with ``model`` given, refuse ones made for another model.
+
+    Raises:
+        ArtifactError: missing or tampered files, unknown or missing ``cfg.json`` keys,
+            hook names that do not match the layers, or another model.
+    """
+    t, raw = load_artifact(path, kind="directions")
+    try:
+        cfg = DirectionsConfig.from_dict(raw)
+    except ArtifactError as err:
+        raise ArtifactError(f"directions {path}: {err}") from err
+    missing = [k for k in ("vectors", "accuracy") if k not in t]
+    if missing:
+        raise ArtifactError(f"directions {path}: missing {', '.join(map(repr, missing))}")
+    if cfg.hook_names != [resid_hook(l) for l in cfg.layers]:
+        raise ArtifactError(f"directions {path}: hook_names {cfg.hook_names} do not match "
+                            f"layers {cfg.layers}")
+    if model is not None:
+        check_model_matches(cfg.to_dict(), model, f"directions {path}")
+    try:
+        return Directions(t["vectors"], t["accuracy"], cfg.layers, cfg.method, cfg.model_name,
+                          cfg.n_layers, cfg.d_model, cfg.concept, cfg.fit)
+    except (TypeError, ValueError) as err:
+        raise ArtifactError(f"directions {path}: {err}") from err
+
+
+def __getattr__(name: str):
+    if name == "METHODS":
+        warnings.warn("clas_lens.directions.METHODS is renamed PROBE_METHODS", DeprecationWarning,
+                      stacklevel=2)
+        return PROBE_METHODS
+    raise AttributeError(f"module 'clas_lens.directions' has no attribute {name!r}")

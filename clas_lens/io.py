@@ -52,6 +52,8 @@ def versions() -> dict:
 
 
 CFG_HASH_KEY = "cfg_sha256"
+#: entries of ``cfg.json`` written by :func:`save_artifact` itself, not by the artifact's config
+ARTIFACT_KEYS = ("versions", "weights_file", "weights_sha256", CFG_HASH_KEY)
 
 
 def cfg_digest(cfg: dict) -> str:

@@ -16,16 +16,29 @@ them. Nesting two different steerers stacks their edits (the inner one's hook
 runs after the outer one's at a shared hook point); applying the same steerer
 again while it is applied to the same model raises ``RuntimeError``.
 
+Every steerer carries a :class:`~clas_lens.configs.SteererConfig` (``steerer.cfg``):
+its kind, layers, hook points, model, settings and provenance, saved as ``cfg.json``.
+A subclass declares its tensors' shapes (:meth:`Steerer.tensor_shapes`) and its edit
+(:meth:`Steerer.edit`); hooks, checks, recording and loading are the base class's.
+
 Example:
-    >>> steerer = CLASSteerer(directions)                    # doctest: +SKIP
-    >>> with steerer.apply(model):                           # doctest: +SKIP
+    >>> steerer = CLASSteerer(dirs, layers=[1, 2])   # W, b = 0: the unsteered model
+    >>> steerer.cfg.kind, steerer.layers, steerer.rank
+    ('clas', [1, 2], 1)
+    >>> with steerer.apply(model, recorder=Recorder()) as rec:
     ...     logits = model(ids)
+    >>> rec.stacked().shape[2:]                      # [batch, pos, layer, rank]
+    torch.Size([2, 1])
+    >>> steerer.save(tmp / "clas")
+    >>> load_steerer(tmp / "clas", model=model).cfg == steerer.cfg
+    True
 """
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -33,6 +46,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from clas_lens.configs import DirectionSource, SteererConfig, TrainingRecord
 from clas_lens.directions import Directions, resid_hook, validate_layers
 from clas_lens.io import (
     ArtifactError,
@@ -76,54 +90,135 @@ class Recorder:
 
 _APPLIED: set[tuple[int, int]] = set()
 
+#: a tensor's shape and whether it is trained (a parameter) or frozen (a buffer)
+TensorSpec = tuple[tuple[int, ...], bool]
+
 
 class Steerer(nn.Module):
-    """Base class: one edit per hook point, saved as safetensors + ``cfg.json``."""
+    """Base class: one edit per hook point, saved as safetensors + ``cfg.json``.
+
+    Args:
+        cfg: the config; every tensor of :meth:`tensor_shapes` starts at zero.
+    """
 
     kind = "steerer"
     records_strength = True
+    default_lr: dict[str, float] = {}
 
-    def __init__(self, layers: Sequence[int], info: dict):
+    def __init__(self, cfg: SteererConfig):
         super().__init__()
-        self.layers = [int(x) for x in layers]
-        if not self.layers:
+        if cfg.kind != self.kind:
+            raise ValueError(f"a {type(self).__name__} needs a config of kind {self.kind!r}, "
+                             f"got {cfg.kind!r}")
+        if not cfg.layers:
             raise ValueError("a steerer needs at least one layer")
-        self.info = dict(info)
-        self.extra: dict = {}
+        self.cfg = cfg
+        for name, (shape, trained) in self.tensor_shapes(cfg).items():
+            if trained:
+                setattr(self, name, nn.Parameter(torch.zeros(shape)))
+            else:
+                self.register_buffer(name, torch.zeros(shape))
 
     # -- to implement ----------------------------------------------------
+    @classmethod
+    def tensor_shapes(cls, cfg: SteererConfig) -> dict[str, TensorSpec]:
+        """Name -> ``(shape, trained)`` of every tensor a steerer of this config holds."""
+        raise NotImplementedError
+
     def edit(self, j: int, h: Float[Tensor, "batch pos d"], scale: float):
-        """Return ``(h_new, strength [b, p, r] | None, projection [b, p, r] | None)``."""
+        """Return ``(h_new, strength [b, p, r] | None, projection [b, p, r] | None)``.
+
+        Steerers with :meth:`source_hook_names` get a fourth argument ``source``: the
+        activation at ``source_hook_names[j]`` in the same forward pass.
+        """
         raise NotImplementedError
 
-    def param_groups(self) -> list[dict]:
-        """AdamW parameter groups with the default learning rates."""
-        raise NotImplementedError
+    @classmethod
+    def hook_names_for(cls, layers: Sequence[int]) -> list[str]:
+        """The hook point edited at each layer (default: the residual stream after the block)."""
+        return [resid_hook(l) for l in layers]
 
-    # -- hooks -----------------------------------------------------------
+    def source_hook_names(self) -> list[str] | None:
+        """Hook points read, in the same pass, before each edit (``None``: the edit reads ``h``)."""
+        return None
+
+    # -- what the config says ---------------------------------------------
+    @property
+    def layers(self) -> list[int]:
+        return self.cfg.layers
+
+    @property
+    def rank(self) -> int:
+        return self.cfg.rank
+
     @property
     def hook_names(self) -> list[str]:
-        return [resid_hook(l) for l in self.layers]
+        return self.cfg.hook_names
 
+    @classmethod
+    def make_config(cls, layers: Sequence[int], info: dict, **settings) -> SteererConfig:
+        """A config of this kind for ``layers`` of the model described by ``info``."""
+        layers = [int(x) for x in layers]
+        return SteererConfig(kind=cls.kind, layers=layers, hook_names=cls.hook_names_for(layers),
+                             **info, **settings)
+
+    def record_training(self, record: TrainingRecord | dict) -> None:
+        """Keep how the steerer was trained in its config (saved with it)."""
+        if isinstance(record, dict):
+            record = TrainingRecord.from_dict(record)
+        self.cfg.training = record
+
+    @property
+    def extra(self) -> dict:
+        """Deprecated: the provenance is in :attr:`cfg` (``cfg.training``, ``cfg.seed``...)."""
+        warnings.warn("Steerer.extra is deprecated: read steerer.cfg (a SteererConfig)",
+                      DeprecationWarning, stacklevel=2)
+        return {}
+
+    @extra.setter
+    def extra(self, value: dict) -> None:
+        warnings.warn("Steerer.extra is deprecated: use steerer.record_training()",
+                      DeprecationWarning, stacklevel=2)
+        if "train" in value:
+            self.record_training(value["train"])
+
+    # -- hooks -----------------------------------------------------------
     def check_model(self, model) -> None:
-        """Refuse a model whose name or shape differs from the one this steerer was made for."""
-        check_model_matches(self.info, model, f"this {type(self).__name__}")
+        """Refuse a model whose name, shape or hook points differ from the ones this steerer
+        was made for."""
+        check_model_matches({**self.cfg.model_info, "hook_names": self.hook_names}, model,
+                            f"this {type(self).__name__}")
+
+    def param_groups(self) -> list[dict]:
+        """AdamW parameter groups with the default learning rates (:attr:`default_lr`)."""
+        return [{"params": [getattr(self, name)], "lr": lr, "name": name}
+                for name, lr in self.default_lr.items()]
 
     def fwd_hooks(self, *, scale: float = 1.0, recorder: Recorder | None = None
                   ) -> list[tuple[str, Callable]]:
         """``(hook_name, fn)`` pairs for ``model.hooks`` / ``run_with_hooks``."""
         if not math.isfinite(scale):
             raise ValueError(f"scale must be finite, got {scale}")
+        sources = self.source_hook_names()
+        hooks: list[tuple[str, Callable]] = []
+        for j, name in enumerate(self.hook_names):
+            box: dict = {}
 
-        def make(j: int):
-            def hook(h, hook=None):
-                new, strength, proj = self.edit(j, h, scale)
+            def grab(x, hook=None, box=box):
+                box["source"] = x
+                return x
+
+            def steer(h, hook=None, j=j, box=box):
+                args = (j, h, scale) if sources is None else (j, h, scale, box.pop("source"))
+                new, strength, proj = self.edit(*args)
                 if recorder is not None:
                     recorder.add(j, strength, proj)
                 return new
-            return hook
 
-        return [(name, make(j)) for j, name in enumerate(self.hook_names)]
+            if sources is not None:
+                hooks.append((sources[j], grab))
+            hooks.append((name, steer))
+        return hooks
 
     @contextmanager
     def apply(self, model, *, scale: float = 1.0, recorder: Recorder | None = None
@@ -148,23 +243,27 @@ class Steerer(nn.Module):
             _APPLIED.discard(key)
 
     # -- persistence -----------------------------------------------------
-    def cfg(self) -> dict:
-        return {"kind": self.kind, "layers": self.layers, "hook_names": self.hook_names,
-                **self.info, "extra": self.extra}
-
     def save(self, path: str | os.PathLike) -> None:
         """Save as safetensors + ``cfg.json`` (atomic; see :mod:`clas_lens.io`)."""
-        save_artifact(path, dict(self.state_dict()), self.cfg())
+        save_artifact(path, dict(self.state_dict()), self.cfg.to_dict())
 
     def param_norms(self) -> dict[str, float]:
         return {n: float(p.detach().norm()) for n, p in self.named_parameters()}
 
     @classmethod
-    def _from_cfg(cls, cfg: dict, tensors: dict) -> "Steerer":
-        raise NotImplementedError
+    def _from_cfg(cls, cfg: SteererConfig) -> Steerer:
+        """A steerer of this kind with every tensor at zero (the loader fills them)."""
+        obj = cls.__new__(cls)
+        Steerer.__init__(obj, cfg)
+        return obj
+
+    @classmethod
+    def rank_of(cls, tensors: dict[str, Tensor]) -> int:
+        """The rank implied by saved tensors (for files that did not record it)."""
+        return 1
 
 
-def _stack_directions(directions, layers) -> tuple[Tensor, dict, list[dict]]:
+def _stack_directions(directions, layers) -> tuple[Tensor, list[int], dict, list[DirectionSource]]:
     dlist = [directions] if isinstance(directions, Directions) else list(directions)
     if not dlist or not all(isinstance(d, Directions) for d in dlist):
         raise TypeError("directions must be a Directions or a list of Directions")
@@ -184,8 +283,8 @@ def _stack_directions(directions, layers) -> tuple[Tensor, dict, list[dict]]:
             if l not in d.layers:
                 raise ValueError(f"directions {d.concept or d.method!r} have no layer {l}")
     V = torch.stack([torch.stack([d.vector(l) for d in dlist]) for l in layers])  # [L, r, d]
-    prov = [{"method": d.method, "concept": d.concept, "layers": d.layers} for d in dlist]
-    return V, info, prov
+    prov = [DirectionSource(d.method, d.concept, list(d.layers)) for d in dlist]
+    return V, layers, info, prov
 
 
 class CLASSteerer(Steerer):
@@ -198,32 +297,30 @@ class CLASSteerer(Steerer):
         rank: optional check of the rank implied by ``directions``.
 
     Example:
-        >>> steerer = CLASSteerer(dirs, layers=[10, 11])    # doctest: +SKIP
+        >>> CLASSteerer([dirs, dirs], layers=[0]).W.shape   # [layer, rank, d_model]
+        torch.Size([1, 2, 32])
     """
 
     kind = "clas"
     default_lr = {"W": 3e-3, "b": 0.1}
 
     def __init__(self, directions, layers: Sequence[int] | None = None, rank: int | None = None):
-        V, info, prov = _stack_directions(directions, layers)
+        V, layers, info, prov = _stack_directions(directions, layers)
         if rank is not None and rank != V.shape[1]:
             raise ValueError(
                 f"rank={rank} but {V.shape[1]} direction set(s) given: pass one Directions per rank"
             )
-        super().__init__(_layers_of(directions, layers), info)
-        self._init(V.shape[1], info["d_model"])
+        super().__init__(self.make_config(layers, info, rank=V.shape[1], directions=prov))
         self.V.copy_(V)
-        self.extra = {"directions": prov}
 
-    def _init_wb(self, r: int, d: int) -> None:
-        L = len(self.layers)
-        self.rank = r
-        self.W = nn.Parameter(torch.zeros(L, r, d))
-        self.b = nn.Parameter(torch.zeros(L, r))
+    @classmethod
+    def tensor_shapes(cls, cfg):
+        L, r, d = len(cfg.layers), cfg.rank, cfg.d_model
+        return {"W": ((L, r, d), True), "b": ((L, r), True), "V": ((L, r, d), False)}
 
-    def _init(self, r: int, d: int) -> None:
-        self._init_wb(r, d)
-        self.register_buffer("V", torch.zeros(len(self.layers), r, d))
+    @classmethod
+    def rank_of(cls, tensors):
+        return int(tensors["W"].shape[1]) if "W" in tensors and tensors["W"].ndim == 3 else 1
 
     def edit(self, j, h, scale):
         h32 = h.float()
@@ -232,18 +329,6 @@ class CLASSteerer(Steerer):
         proj = h32 @ V.T                             # [b, p, r]
         alpha = (h32 @ W.T + b) * scale
         return (h32 + alpha @ V).to(h.dtype), alpha, proj
-
-    def param_groups(self):
-        return [{"params": [self.W], "lr": self.default_lr["W"], "name": "W"},
-                {"params": [self.b], "lr": self.default_lr["b"], "name": "b"}]
-
-    @classmethod
-    def _from_cfg(cls, cfg, tensors):
-        obj = cls.__new__(cls)
-        Steerer.__init__(obj, cfg["layers"], _info(cfg))
-        obj._init(tensors["V"].shape[1], cfg["d_model"])
-        obj.extra = cfg.get("extra", {})
-        return obj
 
 
 class ReFTSteerer(CLASSteerer):
@@ -265,31 +350,19 @@ class ReFTSteerer(CLASSteerer):
         info = model_info(model)
         layers = validate_layers(layers, info["n_layers"])
         rank = _check_rank(rank)
-        Steerer.__init__(self, layers, info)
-        self._init(rank, info["d_model"])
+        Steerer.__init__(self, self.make_config(layers, info, rank=rank, seed=seed))
         gen = torch.Generator().manual_seed(seed)
         U = torch.randn(len(layers), rank, info["d_model"], generator=gen)
         self.U.data.copy_(U / U.norm(dim=-1, keepdim=True))
-        self.extra = {"seed": seed}
 
-    def _init(self, r, d):
-        self._init_wb(r, d)
-        self.U = nn.Parameter(torch.zeros(len(self.layers), r, d))
+    @classmethod
+    def tensor_shapes(cls, cfg):
+        L, r, d = len(cfg.layers), cfg.rank, cfg.d_model
+        return {"W": ((L, r, d), True), "b": ((L, r), True), "U": ((L, r, d), True)}
 
     @property
     def V(self) -> Tensor:  # the learned directions play the role of V
         return self.U
-
-    def param_groups(self):
-        return super().param_groups() + [{"params": [self.U], "lr": self.default_lr["U"], "name": "U"}]
-
-    @classmethod
-    def _from_cfg(cls, cfg, tensors):
-        obj = cls.__new__(cls)
-        Steerer.__init__(obj, cfg["layers"], _info(cfg))
-        obj._init(tensors["U"].shape[1], cfg["d_model"])
-        obj.extra = cfg.get("extra", {})
-        return obj
 
 
 class LayerwiseLASSteerer(Steerer):
@@ -299,17 +372,16 @@ class LayerwiseLASSteerer(Steerer):
     default_lr = {"c": 0.1}
 
     def __init__(self, directions: Directions, layers: Sequence[int] | None = None):
-        V, info, prov = _stack_directions(directions, layers)
+        V, layers, info, prov = _stack_directions(directions, layers)
         if V.shape[1] != 1:
             raise ValueError("LAS steerers take a single Directions (rank 1)")
-        super().__init__(_layers_of(directions, layers), info)
-        self._init()
+        super().__init__(self.make_config(layers, info, directions=prov))
         self.V.copy_(V[:, 0])
-        self.extra = {"directions": prov}
 
-    def _init(self):
-        self.c = nn.Parameter(torch.zeros(len(self.layers)))
-        self.register_buffer("V", torch.zeros(len(self.layers), self.info["d_model"]))
+    @classmethod
+    def tensor_shapes(cls, cfg):
+        L = len(cfg.layers)
+        return {"c": ((L,), True), "V": ((L, cfg.d_model), False)}
 
     def coefficient(self, j: int) -> Tensor:
         return self.c[j]
@@ -322,34 +394,27 @@ class LayerwiseLASSteerer(Steerer):
         strength = c.expand(h.shape[0], h.shape[1]).unsqueeze(-1)
         return (h32 + c * V).to(h.dtype), strength, proj
 
-    def param_groups(self):
-        return [{"params": [self.c], "lr": self.default_lr["c"], "name": "c"}]
-
-    @classmethod
-    def _from_cfg(cls, cfg, tensors):
-        obj = cls.__new__(cls)
-        Steerer.__init__(obj, cfg["layers"], _info(cfg))
-        obj._init()
-        obj.extra = cfg.get("extra", {})
-        return obj
-
 
 class LASSteerer(LayerwiseLASSteerer):
     """Linear activation steering with ONE coefficient for all layers: ``h' = h + c v_l``.
 
     ``c`` is set by :func:`clas_lens.training.grid_search_las` (or by hand: ``steerer.set(c)``).
+
+    Example:
+        >>> float(LASSteerer(dirs).set(2.5).c.detach())
+        2.5
     """
 
     kind = "las"
 
-    def _init(self):
-        self.c = nn.Parameter(torch.zeros(()))
-        self.register_buffer("V", torch.zeros(len(self.layers), self.info["d_model"]))
+    @classmethod
+    def tensor_shapes(cls, cfg):
+        return {"c": ((), True), "V": ((len(cfg.layers), cfg.d_model), False)}
 
     def coefficient(self, j):
         return self.c
 
-    def set(self, c: float) -> "LASSteerer":
+    def set(self, c: float) -> LASSteerer:
         """Set the shared coefficient."""
         if not math.isfinite(float(c)):
             raise ValueError(f"the LAS coefficient must be finite, got {c}")
@@ -361,10 +426,15 @@ class LASSteerer(LayerwiseLASSteerer):
 class LoRASteerer(Steerer):
     """Rank-r LoRA on each MLP's down projection: ``mlp_out += (a/r) B A x``.
 
-    ``x`` is the input of the down projection (``blocks.{l}.mlp.out.hook_in``); the
-    update is added at ``blocks.{l}.mlp.out.hook_out``. ``A`` starts random
-    (seeded), ``B`` at zero, so the untrained steerer is the unsteered model.
+    ``x`` is the input of the down projection (``blocks.{l}.mlp.out.hook_in``, read as the
+    edit's ``source``); the update is added at ``blocks.{l}.mlp.out.hook_out``. ``A`` starts
+    random (seeded), ``B`` at zero, so the untrained steerer is the unsteered model.
     It records no strength.
+
+    Example:
+        >>> lora = LoRASteerer(model, layers=[0], rank=2)
+        >>> lora.cfg.d_mlp, lora.hook_names
+        (64, ['blocks.0.mlp.out.hook_out'])
     """
 
     kind = "lora"
@@ -381,69 +451,43 @@ class LoRASteerer(Steerer):
         rank = _check_rank(rank)
         if not math.isfinite(lora_alpha):
             raise ValueError(f"lora_alpha must be finite, got {lora_alpha}")
-        super().__init__(layers, info)
-        self._init(rank, d_mlp)
+        super().__init__(self.make_config(layers, info, rank=rank, d_mlp=d_mlp,
+                                          lora_alpha=float(lora_alpha), seed=seed))
         gen = torch.Generator().manual_seed(seed)
         bound = 1.0 / math.sqrt(d_mlp)
         self.A.data.copy_((torch.rand(len(layers), rank, d_mlp, generator=gen) * 2 - 1) * bound)
-        self.extra = {"seed": seed, "lora_alpha": lora_alpha, "d_mlp": d_mlp}
-
-    def _init(self, r, d_mlp):
-        self.rank = r
-        self.A = nn.Parameter(torch.zeros(len(self.layers), r, d_mlp))
-        self.B = nn.Parameter(torch.zeros(len(self.layers), self.info["d_model"], r))
-
-    @property
-    def hook_names(self):
-        return [f"blocks.{l}.mlp.out.hook_out" for l in self.layers]
-
-    def fwd_hooks(self, *, scale=1.0, recorder=None):
-        k = self.extra.get("lora_alpha", 2.0) / self.rank * scale
-        hooks = []
-        for j, l in enumerate(self.layers):
-            box: dict = {}
-
-            def grab(x, hook=None, box=box):
-                box["x"] = x
-                return x
-
-            def add(out, hook=None, box=box, j=j):
-                x = box.pop("x").float()
-                A, B = self.A[j].to(x.device), self.B[j].to(x.device)
-                upd = (x @ A.T) @ B.T * k
-                return (out.float() + upd).to(out.dtype)
-
-            hooks += [(f"blocks.{l}.mlp.out.hook_in", grab), (f"blocks.{l}.mlp.out.hook_out", add)]
-        return hooks
-
-    def param_groups(self):
-        return [{"params": [self.A], "lr": self.default_lr["A"], "name": "A"},
-                {"params": [self.B], "lr": self.default_lr["B"], "name": "B"}]
 
     @classmethod
-    def _from_cfg(cls, cfg, tensors):
-        obj = cls.__new__(cls)
-        Steerer.__init__(obj, cfg["layers"], _info(cfg))
-        obj.extra = cfg.get("extra", {})
-        obj._init(tensors["A"].shape[1], tensors["A"].shape[2])
-        return obj
+    def tensor_shapes(cls, cfg):
+        if cfg.d_mlp is None or cfg.lora_alpha is None:
+            raise ArtifactError("a lora steerer's config needs d_mlp and lora_alpha")
+        L, r = len(cfg.layers), cfg.rank
+        return {"A": ((L, r, cfg.d_mlp), True), "B": ((L, cfg.d_model, r), True)}
 
+    @classmethod
+    def rank_of(cls, tensors):
+        return int(tensors["A"].shape[1]) if "A" in tensors and tensors["A"].ndim == 3 else 1
 
-def _info(cfg: dict) -> dict:
-    return {k: cfg[k] for k in ("model_name", "n_layers", "d_model")}
+    @classmethod
+    def hook_names_for(cls, layers):
+        return [f"blocks.{l}.mlp.out.hook_out" for l in layers]
+
+    def source_hook_names(self):
+        return [f"blocks.{l}.mlp.out.hook_in" for l in self.layers]
+
+    def edit(self, j, h, scale, source=None):
+        if source is None:
+            raise RuntimeError("a LoRA edit needs the down projection's input (its source hook)")
+        x = source.float()
+        A, B = self.A[j].to(x.device), self.B[j].to(x.device)
+        upd = (x @ A.T) @ B.T * (self.cfg.lora_alpha / self.rank * scale)
+        return (h.float() + upd).to(h.dtype), None, None
 
 
 def _check_rank(rank) -> int:
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ValueError(f"rank must be an integer >= 1, got {rank!r}")
     return rank
-
-
-def _layers_of(directions, layers) -> list[int]:
-    dlist = [directions] if isinstance(directions, Directions) else list(directions)
-    if layers is not None:
-        return validate_layers(layers, dlist[0].n_layers)
-    return sorted(set.intersection(*[set(d.layers) for d in dlist]))
 
 
 KINDS: dict[str, type[Steerer]] = {
@@ -455,18 +499,25 @@ def load_steerer(path: str | os.PathLike, model=None) -> Steerer:
     """Load a saved steerer of any kind; with ``model``, refuse a mismatched model.
 
     Raises:
-        ArtifactError: unknown kind, corrupt or tampered files, or another model.
+        ArtifactError: unknown kind, corrupt or tampered files, unknown or missing
+            ``cfg.json`` keys, or another model.
     """
-    tensors, cfg = load_artifact(path)
-    kind = cfg.get("kind")
+    tensors, raw = load_artifact(path)
+    kind = raw.get("kind")
     if kind not in KINDS:
         raise ArtifactError(f"{path}: unknown steerer kind {kind!r}; known: {sorted(KINDS)}")
-    for key in ("layers", "model_name", "n_layers", "d_model"):
-        if key not in cfg:
-            raise ArtifactError(f"{path}: cfg.json lacks {key!r}")
+    cls = KINDS[kind]
+    try:
+        cfg = SteererConfig.from_dict(raw, rank=cls.rank_of(tensors))
+        validate_layers(cfg.layers, cfg.n_layers)
+    except (ArtifactError, TypeError, ValueError) as err:
+        raise ArtifactError(f"{path}: {err}") from err
     if model is not None:
-        check_model_matches(cfg, model, f"steerer {path}")
-    obj = KINDS[kind]._from_cfg(cfg, tensors)
+        check_model_matches(cfg.to_dict(), model, f"steerer {path}")
+    if cfg.hook_names != cls.hook_names_for(cfg.layers):
+        raise ArtifactError(f"{path}: hook_names {cfg.hook_names} do not match a {kind} steerer "
+                            f"of layers {cfg.layers}")
+    obj = cls._from_cfg(cfg)
     try:
         obj.load_state_dict(tensors, strict=True)
     except RuntimeError as err:

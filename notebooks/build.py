@@ -199,7 +199,7 @@ def nb_directions():
         ("code", "layers = LAYERS or list(range(model.cfg.n_layers))\n"
                  "acts = cl.resid_activations(model, contrast.prompts, layers)\n"
                  "dirs = {m: cl.fit_directions(model, contrast, method=m, layers=layers, activations=acts,\n"
-                 "                             progress=False) for m in cl.METHODS}\n"
+                 "                             progress=False) for m in cl.PROBE_METHODS}\n"
                  "plot.probe_accuracy(dirs)"),
         ("code", "ms = an.method_similarity(dirs)\n"
                  "for row in ms.table():\n"

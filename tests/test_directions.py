@@ -75,7 +75,7 @@ def test_fit_directions_artifact_round_trip(tiny, contrast, tmp_path):
     torch.testing.assert_close(d.vectors.norm(dim=-1), torch.ones(tiny.cfg.n_layers))
     assert d.hook_names[0] == "blocks.0.hook_resid_post"
     d.save(tmp_path / "d")
-    back = cl.Directions.load(tmp_path / "d", model=tiny)
+    back = cl.load_directions(tmp_path / "d", model=tiny)
     assert torch.equal(back.vectors, d.vectors) and torch.equal(back.accuracy, d.accuracy)
     assert back.method == "mean_diff" and back.layers == d.layers
 

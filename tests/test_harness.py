@@ -46,8 +46,8 @@ def bench_run(tiny, tmp_path_factory):
 def test_one_finite_row_per_method(bench_run):
     tmp, _, out, rows, _ = bench_run
     saved = harness.read_results(out / "benchmarks.csv")
-    assert [r["method"] for r in saved] == list(harness.METHODS)
-    assert [r["method"] for r in rows] == list(harness.METHODS)
+    assert [r["method"] for r in saved] == list(harness.STEERING_METHODS)
+    assert [r["method"] for r in rows] == list(harness.STEERING_METHODS)
     for r in saved:
         assert r["status"] == "ok", r.get("error")
         assert r["benchmark"] == "JailbreakBench"
@@ -68,7 +68,7 @@ def test_one_finite_row_per_method(bench_run):
 def test_outputs_hold_no_prompt_or_target_text(bench_run):
     _, _, out, _, _ = bench_run
     gens = [json.loads(l) for l in (out / "generations.jsonl").read_text().splitlines()]
-    assert len(gens) == 2 * len(harness.METHODS)
+    assert len(gens) == 2 * len(harness.STEERING_METHODS)
     assert {g["row"] for g in gens} == {20, 21} and {g["row_id"] for g in gens} == {"120", "121"}
     for g in gens:
         assert set(g) >= {"benchmark", "method", "row", "row_id", "text", "strength_mean_abs"}
@@ -106,7 +106,7 @@ def test_unknown_benchmark_gets_nll_and_embed_sim_only(bench_run, tiny):
         assert math.isfinite(r["test_nll"]) and r["embed_sim"] is not None
         assert all(v is None for k, v in r.items() if k.startswith("m_"))
     saved = harness.read_results(out / "benchmarks.csv")
-    assert len(saved) == len(harness.METHODS) + 2  # the earlier benchmark's rows are kept
+    assert len(saved) == len(harness.STEERING_METHODS) + 2  # the earlier benchmark's rows are kept
 
 
 def test_methods_and_paths_are_checked(tmp_path):

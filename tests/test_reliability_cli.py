@@ -192,13 +192,13 @@ def test_train_writes_artifacts_with_seed_and_versions(capsys, concept, tmp_path
     assert rc == 0, err
     assert f"saved to {out}" in stdout
     cfg = json.loads((out / "cfg.json").read_text())
-    assert cfg["extra"]["train"]["seed"] == 3 and cfg["extra"]["train"]["epochs"] == 1
-    assert cfg["extra"]["train"]["best_epoch"] in (0, 1)
-    assert cfg["extra"]["train"]["best_valid_loss"] > 0
+    assert cfg["training"]["settings"]["seed"] == 3 and cfg["training"]["settings"]["epochs"] == 1
+    assert cfg["training"]["best_epoch"] in (0, 1)
+    assert cfg["training"]["best_valid_loss"] > 0
     assert cfg["layers"] == [0, 2]
     assert {"clas_lens", "torch", "transformer_lens", "python"} <= set(cfg["versions"])
     dcfg = json.loads((out / "directions" / "cfg.json").read_text())
-    assert dcfg["meta"]["seed"] == 3 and "versions" in dcfg
+    assert dcfg["fit"]["seed"] == 3 and "versions" in dcfg
     st = cl.load_steerer(out, model=tiny_model)
     assert st.layers == [0, 2]
     assert n_hooks(tiny_model) == 0

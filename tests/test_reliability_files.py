@@ -19,6 +19,7 @@ from safetensors.torch import save as st_save
 
 import clas_lens as cl
 from clas_lens import io
+from clas_lens.configs import ProbeFit
 
 
 @pytest.fixture()
@@ -98,7 +99,7 @@ def test_directions_save_is_atomic_too(tiny, tmp_path, monkeypatch):
     with pytest.raises(OSError):
         random_directions(tiny, seed=4).save(tmp_path / "d")
     monkeypatch.undo()
-    assert torch.equal(cl.Directions.load(tmp_path / "d", model=tiny).vectors, d.vectors)
+    assert torch.equal(cl.load_directions(tmp_path / "d", model=tiny).vectors, d.vectors)
 
 
 def test_saving_onto_a_file_is_refused(tiny, tmp_path):
@@ -142,7 +143,7 @@ def test_edited_cfg_is_detected(tiny, saved):
     _, folder = saved
     cfg = _cfg(folder)
     cfg["layers"] = [0, 1]
-    cfg["extra"]["note"] = "edited by hand"
+    cfg["directions"][0]["concept"] = "edited by hand"
     (folder / "cfg.json").write_text(json.dumps(cfg), encoding="utf-8")
     with pytest.raises(cl.ArtifactError, match=r"cfg\.json does not match its recorded "
                                                r"cfg_sha256: it was modified after saving"):
@@ -227,7 +228,7 @@ def test_unknown_kind_and_missing_keys(tiny, saved, tmp_path):
     cfg["kind"] = "clas"
     del cfg["layers"]
     _craft(folder, cfg)
-    with pytest.raises(cl.ArtifactError, match=r"cfg\.json lacks 'layers'"):
+    with pytest.raises(cl.ArtifactError, match=r"steerer cfg\.json: missing key\(s\) \['layers'\]"):
         cl.load_steerer(folder)
     d = random_directions(tiny)
     d.save(tmp_path / "d")
@@ -238,8 +239,8 @@ def test_unknown_kind_and_missing_keys(tiny, saved, tmp_path):
         io.load_artifact(tmp_path / "d", kind="clas")
     del cfg["d_model"]
     _craft(tmp_path / "d", cfg)
-    with pytest.raises(cl.ArtifactError, match=r"directions .*: missing 'd_model'"):
-        cl.Directions.load(tmp_path / "d")
+    with pytest.raises(cl.ArtifactError, match=r"directions .*: missing key\(s\) \['d_model'\]"):
+        cl.load_directions(tmp_path / "d")
 
 
 def test_forged_directions_shapes_and_hooks(tiny, tmp_path):
@@ -250,12 +251,12 @@ def test_forged_directions_shapes_and_hooks(tiny, tmp_path):
     cfg["hook_names"] = cfg["hook_names"][:2]
     _craft(tmp_path / "d", cfg)
     with pytest.raises(cl.ArtifactError, match=r"vectors must be \[len\(layers\), d_model\]"):
-        cl.Directions.load(tmp_path / "d")
+        cl.load_directions(tmp_path / "d")
     cfg["layers"] = [0, 1, 2]
     cfg["hook_names"] = ["blocks.0.hook_resid_pre"] + cfg["hook_names"][1:] + ["blocks.2.hook_resid_post"]
     _craft(tmp_path / "d", cfg)
     with pytest.raises(cl.ArtifactError, match="hook_names .* do not match layers"):
-        cl.Directions.load(tmp_path / "d")
+        cl.load_directions(tmp_path / "d")
 
 
 def test_steerer_hook_points_missing_on_the_model(tiny, saved):
@@ -275,3 +276,92 @@ def test_every_artifact_records_versions(tiny, saved, tmp_path):
         v = _cfg(f)["versions"]
         assert set(v) >= {"clas_lens", "torch", "transformer_lens", "python"}
         assert v["clas_lens"] == cl.__version__ and v["torch"] == torch.__version__
+
+
+# ---- typed configs: unknown keys refused, the earlier cfg.json layout still loads ------
+
+def test_unknown_cfg_keys_are_refused(tiny, saved, tmp_path):
+    _, folder = saved
+    cfg = _cfg(folder)
+    cfg["colour"] = "red"
+    _craft(folder, cfg)
+    with pytest.raises(cl.ArtifactError, match=r"st: steerer cfg\.json: unknown key\(s\) \['colour'\]"):
+        cl.load_steerer(folder)
+    cfg = _cfg(folder)
+    del cfg["colour"]
+    cfg["directions"][0]["note"] = "x"
+    _craft(folder, cfg)
+    with pytest.raises(cl.ArtifactError, match=r"directions provenance: unknown key\(s\) \['note'\]"):
+        cl.load_steerer(folder)
+    random_directions(tiny).save(tmp_path / "d")
+    cfg = _cfg(tmp_path / "d")
+    cfg["fit"] = {"position": "last", "seed": 0}
+    _craft(tmp_path / "d", cfg)
+    with pytest.raises(cl.ArtifactError, match=r"probe fit settings: missing key\(s\) "
+                                               r"\['holdout', 'n_fit', 'n_heldout'\]"):
+        cl.load_directions(tmp_path / "d")
+
+
+def test_steerer_hook_names_must_fit_kind_and_layers(tiny, saved):
+    _, folder = saved
+    cfg = _cfg(folder)
+    cfg["hook_names"] = [n.replace("resid_post", "resid_pre") for n in cfg["hook_names"]]
+    _craft(folder, cfg)
+    with pytest.raises(cl.ArtifactError, match=r"hook_names .* do not match a clas steerer of layers"):
+        cl.load_steerer(folder, model=tiny)
+
+
+def _old_layout(st) -> dict:
+    """The cfg.json the earlier version wrote: provenance in a loose ``extra`` dict, no rank."""
+    cfg = st.cfg
+    extra = {k: v for k, v in (("seed", cfg.seed), ("lora_alpha", cfg.lora_alpha),
+                                ("d_mlp", cfg.d_mlp)) if v is not None}
+    if cfg.directions is not None:
+        extra["directions"] = [{"method": d.method, "concept": d.concept, "layers": d.layers}
+                               for d in cfg.directions]
+    if st.kind == "clas":
+        extra["train"] = {"epochs": 8, "lr": {"W": 3e-3, "b": 0.1}, "seed": 0, "batch_size": 4,
+                          "best_epoch": 3, "best_valid_loss": 1.25}
+    return {"kind": st.kind, "layers": st.layers, "hook_names": st.hook_names,
+            "model_name": cfg.model_name, "n_layers": cfg.n_layers, "d_model": cfg.d_model,
+            "extra": extra}
+
+
+def test_artifacts_of_the_earlier_cfg_layout_still_load(tiny, tmp_path):
+    dirs = [random_directions(tiny, seed=1), random_directions(tiny, seed=2)]
+    steerers = [cl.CLASSteerer(dirs), cl.ReFTSteerer(tiny, rank=2, seed=3), cl.LASSteerer(dirs[0]),
+                cl.LayerwiseLASSteerer(dirs[0], layers=[1, 2]),
+                cl.LoRASteerer(tiny, layers=[0], rank=3, lora_alpha=4.0, seed=5)]
+    for st in steerers:
+        randomize(st, seed=6)
+        io.save_artifact(tmp_path / st.kind, dict(st.state_dict()), _old_layout(st))
+        back = cl.load_steerer(tmp_path / st.kind, model=tiny)
+        assert type(back) is type(st) and _same(back, st), st.kind
+        assert back.rank == st.rank and back.cfg.seed == st.cfg.seed, st.kind
+        assert back.cfg.lora_alpha == st.cfg.lora_alpha and back.cfg.directions == st.cfg.directions
+    clas = cl.load_steerer(tmp_path / "clas")
+    assert clas.rank == 2 and clas.cfg.training.best_epoch == 3
+    assert clas.cfg.training.best_valid_loss == 1.25 and clas.cfg.training.settings["batch_size"] == 4
+    d = dirs[0]
+    old = {"kind": "directions", "method": "rfm", "layers": d.layers, "hook_names": d.hook_names,
+           "model_name": d.model_name, "n_layers": d.n_layers, "d_model": d.d_model,
+           "concept": "positive", "meta": {"position": "last", "seed": 7, "holdout": 0.25,
+                                           "n_fit": 30, "n_heldout": 10, "truncate": False}}
+    io.save_artifact(tmp_path / "d", {"vectors": d.vectors, "accuracy": d.accuracy}, old)
+    back = cl.load_directions(tmp_path / "d", model=tiny)
+    assert torch.equal(back.vectors, d.vectors) and back.method == "rfm"
+    assert back.fit == ProbeFit(position="last", seed=7, holdout=0.25, n_fit=30, n_heldout=10)
+
+
+def test_new_layout_round_trips_every_field(tiny, tmp_path):
+    st = cl.LoRASteerer(tiny, layers=[1], rank=2, lora_alpha=3.0, seed=4)
+    st.record_training({"epochs": 2, "seed": 1, "best_epoch": 1, "best_step": 3,
+                        "best_valid_loss": None})
+    st.save(tmp_path / "st")
+    raw = _cfg(tmp_path / "st")
+    assert {k: raw[k] for k in ("rank", "d_mlp", "lora_alpha", "seed")} == {
+        "rank": 2, "d_mlp": 2 * tiny.cfg.d_model, "lora_alpha": 3.0, "seed": 4}
+    assert raw["training"] == {"settings": {"epochs": 2, "seed": 1}, "best_epoch": 1,
+                               "best_step": 3, "best_valid_loss": None}
+    assert cl.load_steerer(tmp_path / "st").cfg == st.cfg
+    assert cl.SteererConfig.from_dict(st.cfg.to_dict()) == st.cfg

@@ -33,7 +33,7 @@ def test_directions_are_identical_for_the_same_seed(tiny, method):
     a = cl.fit_directions(tiny, CONTRAST, method=method, seed=4, progress=False)
     b = cl.fit_directions(tiny, CONTRAST, method=method, seed=4, progress=False)
     assert torch.equal(a.vectors, b.vectors) and torch.equal(a.accuracy, b.accuracy)
-    assert a.meta["seed"] == 4 and a.meta == b.meta
+    assert a.fit.seed == 4 and a.fit == b.fit
 
 
 @pytest.mark.parametrize("kind", ["reft", "lora"])
@@ -42,7 +42,7 @@ def test_seeded_initialisation(tiny, kind, tmp_path):
     a, b, c = make(tiny, seed=3), make(tiny, seed=3), make(tiny, seed=4)
     assert _state_equal(a, b) and not _state_equal(a, c)
     a.save(tmp_path / kind)
-    assert json.loads((tmp_path / kind / "cfg.json").read_text())["extra"]["seed"] == 3
+    assert json.loads((tmp_path / kind / "cfg.json").read_text())["seed"] == 3
 
 
 @pytest.mark.parametrize("kind", ["clas", "reft"])
@@ -89,9 +89,9 @@ def test_directions_artifact_records_seed_and_versions(tiny, tmp_path):
     d = cl.fit_directions(tiny, CONTRAST, method="mean_diff", seed=11, progress=False)
     d.save(tmp_path / "d")
     cfg = json.loads((tmp_path / "d" / "cfg.json").read_text())
-    assert cfg["meta"]["seed"] == 11
+    assert cfg["fit"]["seed"] == 11
     assert {"clas_lens", "torch", "transformer_lens", "python"} <= set(cfg["versions"])
-    assert cl.Directions.load(tmp_path / "d").meta["seed"] == 11
+    assert cl.load_directions(tmp_path / "d").fit.seed == 11
 
 
 def test_trained_steerer_artifact_records_training_seed(tiny, tmp_path):
@@ -99,7 +99,7 @@ def test_trained_steerer_artifact_records_training_seed(tiny, tmp_path):
     cl.train(tiny, st, PAIRS, epochs=1, seed=13, progress=False)
     st.save(tmp_path / "st")
     cfg = json.loads((tmp_path / "st" / "cfg.json").read_text())
-    assert cfg["extra"]["train"]["seed"] == 13
+    assert cfg["training"]["settings"]["seed"] == 13
 
 
 # ---- across processes ----------------------------------------------------------

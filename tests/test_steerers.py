@@ -121,7 +121,7 @@ def test_lora_matches_hand_update(tiny):
                                      lambda x, hook=None: steered.setdefault("o", x.clone()))]
         with tiny.hooks(fwd_hooks=hooks):
             tiny(ids)
-    k = lora.extra["lora_alpha"] / lora.rank
+    k = lora.cfg.lora_alpha / lora.rank
     A, B = lora.A.detach(), lora.B.detach()
     expected = out_plain["o"] + (x_in["x"] @ A[0].T) @ B[0].T * k
     torch.testing.assert_close(steered["o"], expected, rtol=0, atol=1e-6)
@@ -198,3 +198,44 @@ def test_rank_two_from_two_concepts(tiny):
     randomize(st, seed=9)
     res = cl.trace(tiny, st, ["hello"])
     assert res.strengths.shape[-2:] == (tiny.cfg.n_layers, 2)
+
+
+def test_lora_goes_through_the_base_hook_path(tiny):
+    """LoRA's hooks come from the base class: the finite-scale check, the recorder call."""
+    lora = randomize(cl.LoRASteerer(tiny, layers=[0, 2]), seed=10, scale=0.3)
+    with pytest.raises(ValueError, match="scale must be finite, got nan"):
+        lora.fwd_hooks(scale=float("nan"))
+    with pytest.raises(ValueError, match="scale must be finite, got inf"):
+        with lora.apply(tiny, scale=float("inf")):
+            pass
+    assert n_hooks(tiny) == 0
+    calls = []
+
+    class Counting(Recorder):
+        def add(self, j, strength, projection):
+            calls.append((j, strength, projection))
+
+    ids = ids_of(tiny)
+    with torch.inference_mode():
+        with lora.apply(tiny, scale=0.0):
+            zero = tiny(ids)
+        with lora.apply(tiny, recorder=Counting()):
+            tiny(ids)
+        base = tiny(ids)
+    assert torch.equal(zero, base)  # the scale reaches the LoRA update
+    assert calls == [(0, None, None), (1, None, None)]  # one call per layer, nothing recorded
+
+
+def test_steerers_declare_shapes_and_share_one_loader(tiny):
+    """Every kind is rebuilt from its config alone by the base class, with the shapes it
+    declares; a config of another kind is refused."""
+    dirs = random_directions(tiny, seed=11)
+    for st in (cl.CLASSteerer([dirs, dirs]), cl.ReFTSteerer(tiny, rank=3), cl.LASSteerer(dirs),
+               cl.LayerwiseLASSteerer(dirs, layers=[0, 2]), cl.LoRASteerer(tiny, rank=2)):
+        empty = type(st)._from_cfg(st.cfg)
+        assert {k: tuple(v.shape) for k, v in empty.state_dict().items()} == {
+            k: tuple(v.shape) for k, v in st.state_dict().items()}, st.kind
+        assert all(not v.any() for v in empty.state_dict().values()), st.kind
+        assert [g["name"] for g in empty.param_groups()] == list(type(st).default_lr), st.kind
+    with pytest.raises(ValueError, match="a ReFTSteerer needs a config of kind 'reft', got 'clas'"):
+        cl.ReFTSteerer._from_cfg(cl.CLASSteerer(dirs).cfg)

@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from clas_lens.io import atomic_write_text, versions
 
-METHODS = ("base_prompt", "steer_prompt", "las", "las_layerwise", "clas", "reft", "lora")
+STEERING_METHODS = ("base_prompt", "steer_prompt", "las", "las_layerwise", "clas", "reft", "lora")
 DIRECTION_METHODS = ("las", "las_layerwise", "clas")
 TRAINED = ("las_layerwise", "clas", "reft", "lora")
 
@@ -124,16 +124,16 @@ def find_csvs(paths: Sequence[str | os.PathLike] | str | os.PathLike) -> list[Pa
 
 
 def parse_methods(methods) -> list[str]:
-    """``None`` (all), a comma-separated string or a list; checked against :data:`METHODS`."""
+    """``None`` (all), a comma-separated string or a list; checked against :data:`STEERING_METHODS`."""
     if methods is None:
-        return list(METHODS)
+        return list(STEERING_METHODS)
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
     methods = list(methods)
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if m not in STEERING_METHODS]
     if bad or not methods:
-        raise ValueError(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
-    return [m for m in METHODS if m in methods]
+        raise ValueError(f"unknown method(s) {bad}; choose from {', '.join(STEERING_METHODS)}")
+    return [m for m in STEERING_METHODS if m in methods]
 
 
 def resolve_settings(quick: bool, **given) -> dict:
@@ -425,7 +425,7 @@ def run_benchmarks(
         out: results folder (``benchmarks.csv``, ``benchmarks.md``, ``generations.jsonl``).
         quick: smoke-run preset (4 test rows, 1 epoch, a 3-value LAS grid,
             2 generations x 8 tokens, targets capped at 32 tokens).
-        methods: subset of :data:`METHODS` (a list or a comma-separated string).
+        methods: subset of :data:`STEERING_METHODS` (a list or a comma-separated string).
         direction_method: probe method for the directions (``rfm``, ``mean_diff``, ...).
         gen_rows: test rows to generate for (default 8, quick 2).
         max_new_tokens: tokens per generation (default 64, quick 8).
@@ -447,7 +447,7 @@ def run_benchmarks(
     """
     csvs = find_csvs(paths)
     methods_list = parse_methods(methods)
-    from clas_lens.directions import METHODS as DIR_METHODS
+    from clas_lens.directions import PROBE_METHODS as DIR_METHODS
 
     if direction_method not in DIR_METHODS:
         raise ValueError(f"unknown direction method {direction_method!r}; "
@@ -557,5 +557,5 @@ def run_benchmarks(
     return [r for r in rows if _key(r) in wanted]
 
 
-__all__ = ["METHODS", "FULL", "QUICK", "find_csvs", "read_results", "run_benchmarks", "run_cell",
+__all__ = ["STEERING_METHODS", "FULL", "QUICK", "find_csvs", "read_results", "run_benchmarks", "run_cell",
            "write_reports", "write_results"]
