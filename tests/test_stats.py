@@ -154,6 +154,14 @@ def test_paired_rows_compare_clas_with_every_other_method_in_the_right_direction
     # the same shift on a higher-is-better measure flips the verdict
     flipped = paired_rows(recs, ["test_nll"], higher_is_better={"test_nll": True})
     assert {r["method"]: r["verdict"] for r in flipped}["lora"] == "worse"
+    # a (benchmark, measure) key overrides the measure's direction on that benchmark only
+    other = [dict(r, benchmark="Other") for r in recs if r["benchmark"] == "Toy"]
+    per_bench = paired_rows(recs + other, ["test_nll"],
+                            higher_is_better={("Toy", "test_nll"): True, "test_nll": False})
+    assert {(r["benchmark"], r["method"]): r["verdict"] for r in per_bench if r["method"] == "lora"} == {
+        ("Toy", "lora"): "worse", ("Other", "lora"): "better"}
+    by_function = paired_rows(recs, ["test_nll"], higher_is_better=lambda m, b: b != "Toy")
+    assert {r["method"]: r["verdict"] for r in by_function}["lora"] == "better"
 
 
 def test_unequal_row_sets_raise_a_clear_error():

@@ -231,7 +231,7 @@ def paired_bootstrap(a: Values, b: Values, *, higher_is_better: bool = True,
     return Comparison(diff, lo, hi, n, n_missing, verdict(lo, hi, higher_is_better=higher_is_better))
 
 
-def default_higher_is_better(measure: str) -> bool:
+def default_higher_is_better(measure: str, benchmark: str | None = None) -> bool:
     """Default direction rule: a measure is higher-is-better unless its name contains ``nll``."""
     return "nll" not in measure.lower()
 
@@ -292,7 +292,7 @@ def summary_columns(records: Iterable[Mapping], measures: Sequence[str], *,
 
 
 def paired_rows(records: Iterable[Mapping], measures: Sequence[str], *, reference: str = "clas",
-                higher_is_better: Callable[[str], bool] | Mapping[str, bool] = default_higher_is_better,
+                higher_is_better: Callable[[str, str], bool] | Mapping = default_higher_is_better,
                 weights: Mapping[str, str] | None = None, n_resamples: int = N_RESAMPLES,
                 level: float = LEVEL, seed: int = SEED) -> list[dict]:
     """Paired comparisons of ``reference`` against every other method, per benchmark and measure.
@@ -301,8 +301,11 @@ def paired_rows(records: Iterable[Mapping], measures: Sequence[str], *, referenc
         records: per-row records (``benchmark``, ``method``, ``row_id`` and measure values).
         measures: record keys to compare.
         reference: the method compared with all others (A in A - B).
-        higher_is_better: measure -> direction, as a mapping or a function (default: only
-            measures whose name contains ``nll`` are lower-is-better).
+        higher_is_better: direction of each measure: a function ``(measure, benchmark) ->
+            bool``, or a mapping keyed by ``(benchmark, measure)`` or by measure (the pair
+            wins; a measure in neither follows :func:`default_higher_is_better`, under which
+            only measures whose name contains ``nll`` are lower-is-better). A judge rubric
+            can point either way per benchmark, hence the pair keys.
         weights: optional measure -> record key of its weight (e.g. ``{"test_nll": "n_tokens"}``).
         n_resamples: number of bootstrap resamples.
         level: coverage of the intervals.
@@ -318,7 +321,13 @@ def paired_rows(records: Iterable[Mapping], measures: Sequence[str], *, referenc
             record is malformed or duplicated.
     """
     weights = dict(weights or {})
-    direction = higher_is_better.__getitem__ if isinstance(higher_is_better, Mapping) else higher_is_better
+    if isinstance(higher_is_better, Mapping):
+        table = higher_is_better
+
+        def direction(m: str, bench: str) -> bool:
+            return bool(table.get((bench, m), table.get(m, default_higher_is_better(m, bench))))
+    else:
+        direction = higher_is_better
     groups = _group(records)
     out = []
     for (bench, method), rows in groups.items():
@@ -337,7 +346,7 @@ def paired_rows(records: Iterable[Mapping], measures: Sequence[str], *, referenc
         for m in measures:
             wkey = weights.get(m)
             c = paired_bootstrap([_value(ref[i], m) for i in ids], [_value(rows[i], m) for i in ids],
-                                 higher_is_better=direction(m),
+                                 higher_is_better=direction(m, bench),
                                  weights_a=[_value(ref[i], wkey) for i in ids],
                                  weights_b=[_value(rows[i], wkey) for i in ids],
                                  n_resamples=n_resamples, level=level, seed=seed)
