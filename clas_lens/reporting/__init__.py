@@ -8,7 +8,15 @@ Example:
     >>> cl.report(model, steerer, prompts, out="report.html", directions=dirs)  # doctest: +SKIP
 """
 
-from clas_lens.reporting.build import COLOUR_QUANTILE, load_prompts, report, report_run, shown_start
+from clas_lens.reporting.build import (
+    COLOUR_QUANTILE,
+    colour_limits,
+    load_prompts,
+    report,
+    report_run,
+    shown_start,
+)
 from clas_lens.reporting.page import render_page
 
-__all__ = ["COLOUR_QUANTILE", "load_prompts", "render_page", "report", "report_run", "shown_start"]
+__all__ = ["COLOUR_QUANTILE", "colour_limits", "load_prompts", "render_page", "report", "report_run",
+           "shown_start"]

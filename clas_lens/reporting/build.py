@@ -78,7 +78,7 @@ def _attributions(model, steerer, res, i, which: str, k: int, progress) -> list:
     return out
 
 
-def _colour_limits(examples: list[dict], n_layers: int) -> dict:
+def colour_limits(examples: list[dict], n_layers: int) -> dict:
     """Per layer (and ``"mean"``): the quantile of |alpha| over shown tokens, position 0 left out."""
     rows = [np.asarray(side["alpha"])[(1 if side["start"] == 0 else 0):]
             for ex in examples for side in ex["sides"]]
@@ -94,23 +94,32 @@ def _layers_text(layers: list[int]) -> str:
     return ", ".join(map(str, layers))
 
 
+def config_dict(cfg) -> dict:
+    """An artifact's config as a plain dict (a config object's ``to_dict()``, a ``cfg()`` method's
+    result, or a dict)."""
+    cfg = cfg() if callable(cfg) else cfg
+    return cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+
+
 def _provenance(steerer, directions, other, settings: dict) -> list[tuple[str, str]]:
     from clas_lens.io import versions
 
-    cfg = steerer.cfg()
-    train = dict(cfg.get("extra", {}).get("train", {}))
+    cfg = config_dict(steerer.cfg)
+    train = dict(cfg.get("training") or cfg.get("extra", {}).get("train") or {})
+    best = train.pop("best_valid_loss", "not recorded")
     shape = f"{cfg.get('n_layers')} layers, d_model {cfg.get('d_model')}"
     rows = [("model", f"{cfg.get('model_name')} ({shape})"),
-            ("steerer", f"{cfg['kind']} at {_layers_text(cfg['layers'])}"),
-            ("valid loss (best)", str(train.pop("best_valid_loss", "not recorded"))),
-            ("training settings", json.dumps(train, sort_keys=True) if train else "not recorded")]
+            ("steerer", f"{cfg['kind']} at {_layers_text(list(cfg['layers']))}"),
+            ("valid loss (best)", str(best)),
+            ("training", json.dumps(train, sort_keys=True) if train else "not recorded")]
     if directions is not None:
-        acc, concept = directions.accuracy, directions.concept or "an unnamed contrast"
-        rows += [("directions", f"{directions.method} on {concept}, held-out "
+        d = config_dict(directions.cfg)
+        acc, concept = directions.accuracy, d.get("concept") or "an unnamed contrast"
+        rows += [("directions", f"{d.get('method')} on {concept}, held-out "
                                 f"accuracy mean {float(acc.mean()):.3f}, max {float(acc.max()):.3f}"),
-                 ("contrast and direction settings", json.dumps(directions.meta, sort_keys=True))]
+                 ("contrast and direction fit", json.dumps(d.get("fit", d.get("meta")), sort_keys=True))]
     if other is not None:
-        rows.append(("second steerer", f"{other.kind} at {_layers_text(other.layers)}"))
+        rows.append(("second steerer", f"{other.kind} at {_layers_text(list(other.layers))}"))
     rows += [("report settings", json.dumps(settings, sort_keys=True)),
              ("versions", json.dumps(versions(), sort_keys=True))]
     return rows
@@ -190,7 +199,7 @@ def report(model, steerer, prompts: Sequence[str], *, out: str | os.PathLike | N
         for i, p in enumerate(prompts)]
     bar.close()
     data = {"examples": examples, "layers": list(steerer.layers),
-            "vmax": _colour_limits(examples, len(steerer.layers))}
+            "vmax": colour_limits(examples, len(steerer.layers))}
 
     sections = [("Where the steering acts: tokens x layers",
                  "alpha of every token of the steered answer at every steered layer (hover for the token).",
@@ -231,10 +240,10 @@ def report(model, steerer, prompts: Sequence[str], *, out: str | os.PathLike | N
                 "dose_pairs": len(pairs) if pairs else 0, "seconds": round(time.perf_counter() - t0, 1)}
     concept = getattr(directions, "concept", "") if directions is not None else ""
     title = title or f"{steerer.kind.upper()} steerer report" + (f": {concept}" if concept else "")
-    page = render_page(title,
-                       data, sections, _provenance(steerer, directions, other, settings),
-                       subtitle=f"model {steerer.info.get('model_name')}, {len(prompts)} prompts, greedy "
-                                f"decoding, {max_new_tokens} new tokens at most",
+    model_name = config_dict(steerer.cfg).get("model_name")
+    page = render_page(title, data, sections, _provenance(steerer, directions, other, settings),
+                       subtitle=f"model {model_name}, {len(prompts)} prompts, greedy decoding, "
+                                f"{max_new_tokens} new tokens at most",
                        plotlyjs=get_plotlyjs())
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -285,7 +294,11 @@ def report_run(run: str | os.PathLike, out: str | os.PathLike, *, model=None,
         **kwargs: passed to :func:`report`.
     """
     from clas_lens.data import DataError
-    from clas_lens.directions import Directions
+    try:  # the loader function; older versions only had the classmethod
+        from clas_lens.directions import load_directions
+    except ImportError:  # pragma: no cover
+        from clas_lens.directions import Directions
+        load_directions = Directions.load
     from clas_lens.io import load_artifact
     from clas_lens.model import load_model
     from clas_lens.steerers import load_steerer
@@ -300,10 +313,11 @@ def report_run(run: str | os.PathLike, out: str | os.PathLike, *, model=None,
         _, cfg = load_artifact(run)
         model = load_model(cfg.get("model_name"))
     steerer = load_steerer(run, model)
-    dirs = Directions.load(run / "directions", model) if (run / "directions").is_dir() else None
+    dirs = load_directions(run / "directions", model) if (run / "directions").is_dir() else None
     second = load_steerer(other, model) if other is not None else None
     return report(model, steerer, plist[:n_prompts], out=out, directions=dirs, pairs=pairs,
                   other=second, **kwargs)
 
 
-__all__ = ["COLOUR_QUANTILE", "load_prompts", "report", "report_run", "shown_start"]
+__all__ = ["COLOUR_QUANTILE", "colour_limits", "config_dict", "load_prompts", "report", "report_run",
+           "shown_start"]
