@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from clas_lens.analysis.sweeps import _check_coefficients
+from clas_lens.analysis.sweeps import check_coefficients
 from clas_lens.losses import as_pairs, completion_nll
 from clas_lens.steerers import Steerer
 from clas_lens.tracing import generate
@@ -35,7 +35,7 @@ def dose_response(model, steerer: Steerer, pairs, scales: Sequence[float] = (0, 
         ``{"scales", "nll"}`` plus ``"behaviour"`` and ``"texts"`` (per scale) when
         ``behaviour`` is given.
     """
-    scales = _check_coefficients(scales)
+    scales = check_coefficients(scales, "scales")
     pairs = as_pairs(pairs)
     out = {"scales": scales,
            "nll": [completion_nll(model, steerer, pairs, batch_size=batch_size, scale=s)

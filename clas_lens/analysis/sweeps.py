@@ -71,12 +71,22 @@ def _nll_from_hidden(cache: ResidualCache, h: Tensor, labels: Tensor) -> Tensor:
     return torch.zeros(h.shape[0], dtype=ce.dtype, device=ce.device).index_add_(0, rows, ce)
 
 
-def _check_coefficients(coefficients) -> list[float]:
+def check_coefficients(coefficients: Sequence[float], what: str = "coefficients") -> list[float]:
+    """The values as floats; ``ValueError`` naming ``what`` when empty or not all finite.
+
+    Example:
+        >>> check_coefficients((0, 1, 2.5), "scales")
+        [0.0, 1.0, 2.5]
+        >>> check_coefficients([1, float("nan")], "scales")
+        Traceback (most recent call last):
+        ...
+        ValueError: scales must be finite, got [1.0, nan]
+    """
     cs = [float(c) for c in coefficients]
     if not cs:
-        raise ValueError("coefficients is empty")
+        raise ValueError(f"{what} is empty")
     if not all(math.isfinite(c) for c in cs):
-        raise ValueError(f"coefficients must be finite, got {cs}")
+        raise ValueError(f"{what} must be finite, got {cs}")
     return cs
 
 
@@ -140,7 +150,7 @@ def layer_sweep_las(model, directions: Directions, pairs, coefficients: Sequence
     if not isinstance(directions, Directions):
         raise TypeError("directions must be a Directions")
     directions.check_model(model)
-    cs = _check_coefficients(coefficients)
+    cs = check_coefficients(coefficients)
     layers = check_layers(model, directions.layers if layers is None else layers)
     missing = [l for l in layers if l not in directions.layers]
     if missing:
@@ -220,4 +230,5 @@ def cumulative_sweep_clas(model, directions: Directions, train_pairs, valid_pair
                        time.perf_counter() - t0, {"epochs": epochs})
 
 
-__all__ = ["SweepResult", "cumulative_sweep_clas", "layer_sweep_clas", "layer_sweep_las"]
+__all__ = ["SweepResult", "check_coefficients", "cumulative_sweep_clas", "layer_sweep_clas",
+           "layer_sweep_las"]
