@@ -77,7 +77,7 @@ def test_no_hooks_after_failure_mid_forward(tiny, dirs, name, exc):
         raise exc("injected")
 
     with tiny.hooks(fwd_hooks=[(USER_POINT, explode)]):
-        with pytest.raises(exc):  # train: raised by its epoch-0 evaluation
+        with pytest.raises(exc, match="injected"):  # train: raised by its epoch-0 evaluation
             call()
         assert n_hooks(tiny) == 1  # only the user's
     assert n_hooks(tiny) == 0
@@ -85,12 +85,14 @@ def test_no_hooks_after_failure_mid_forward(tiny, dirs, name, exc):
 
 def test_no_hooks_after_validation_failures(tiny, tiny_other, dirs):
     st = cl.CLASSteerer(dirs)
-    for call in (lambda: cl.generate(tiny_other, st, PROMPTS, progress=False),
-                 lambda: cl.generate(tiny, st, PROMPTS, max_new_tokens=10**6, progress=False),
-                 lambda: cl.trace(tiny, st, PROMPTS, ["only one"]),
-                 lambda: cl.train(tiny, st, PAIRS, epochs=-1, progress=False),
-                 lambda: st.apply(tiny, scale=float("inf")).__enter__()):
-        with pytest.raises((ValueError, cl.ArtifactError)):
+    for call, match in (
+            (lambda: cl.generate(tiny_other, st, PROMPTS, progress=False), "made for a model with"),
+            (lambda: cl.generate(tiny, st, PROMPTS, max_new_tokens=10**6, progress=False),
+             "prompt 0 plus max_new_tokens"),
+            (lambda: cl.trace(tiny, st, PROMPTS, ["only one"]), "2 prompts but 1 completions"),
+            (lambda: cl.train(tiny, st, PAIRS, epochs=-1, progress=False), "epochs must be >= 0"),
+            (lambda: st.apply(tiny, scale=float("inf")).__enter__(), "scale must be finite")):
+        with pytest.raises((ValueError, cl.ArtifactError), match=match):
             call()
         assert n_hooks(tiny) == 0 and n_hooks(tiny_other) == 0
 
@@ -190,7 +192,7 @@ def test_same_steerer_on_two_models_at_once(tiny, tiny_other):
     d1 = random_directions(tiny)
     st = cl.CLASSteerer(d1)
     with st.apply(tiny):
-        with pytest.raises(cl.ArtifactError):  # another shape: refused, not nested
+        with pytest.raises(cl.ArtifactError, match="made for a model with"):  # refused, not nested
             with st.apply(tiny_other):
                 pass
         assert n_hooks(tiny_other) == 0
@@ -209,9 +211,9 @@ def test_apply_without_with_attaches_nothing(tiny, dirs):
 
 def test_exception_inside_apply_cleans_registry(tiny, dirs):
     st = cl.CLASSteerer(dirs)
-    with pytest.raises(Boom):
+    with pytest.raises(Boom, match="inside apply"):
         with st.apply(tiny):
-            raise Boom
+            raise Boom("inside apply")
     with st.apply(tiny):
         pass
     assert n_hooks(tiny) == 0
