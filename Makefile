@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.clas-lens-installed
 
-.PHONY: demo test figures bench benchmarks install clean
+.PHONY: demo test report-png figures bench benchmarks install clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# the screenshot of figures/demo_report.html (made by `make demo`) in headless Chromium
+report-png: $(STAMP)
+	CLAS_LENS_REPORT_PNG=figures/report.png HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q \
+		tests/test_report_browser.py -k demo
 
 figures: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/clas-lens figures
