@@ -25,8 +25,8 @@ def _side_by_side(prompt: str, base: str, steered: str, width: int = 48) -> str:
 
 def run_demo(concept: str = "data/positive", out: str = "figures", *, epochs: int = 8,
              max_new_tokens: int = 40, method: str = "rfm", n_show: int = 4, seed: int = 0,
-             model=None) -> dict:
-    """Fit directions for a concept, train CLAS, compare answers, write heatmaps.
+             model=None, report: bool = True) -> dict:
+    """Fit directions for a concept, train CLAS, compare answers, write heatmaps and the report.
 
     Args:
         concept: a ``data/<concept>`` folder (``contrast.jsonl`` + ``pairs.jsonl``).
@@ -37,6 +37,8 @@ def run_demo(concept: str = "data/positive", out: str = "figures", *, epochs: in
         n_show: held-out prompts to answer.
         seed: seed of the split and the training.
         model: a loaded model (default: the embedded one).
+        report: also train a layerwise LAS steerer to compare with and write ``demo_report.html``
+            (:func:`clas_lens.report` on 3 held-out prompts, 24 new tokens).
 
     Returns:
         A dict with the directions, steerer, history and both generation results.
@@ -76,7 +78,14 @@ def run_demo(concept: str = "data/positive", out: str = "figures", *, epochs: in
     fig.savefig(out_dir / "demo_strengths.png", dpi=120, bbox_inches="tight")
     strength_heatmap(steered, 0, title=title).write_html(
         out_dir / "demo_strengths.html", include_plotlyjs=True)
-    print(f"Wrote {out_dir / 'demo_strengths.png'} and {out_dir / 'demo_strengths.html'} "
-          f"({time.perf_counter() - t0:.0f} s in all)")
+    print(f"Wrote {out_dir / 'demo_strengths.png'} and {out_dir / 'demo_strengths.html'}")
+    if report:
+        print("\nThe report: layerwise LAS to compare with, attribution of every answer token ...")
+        las = cl.LayerwiseLASSteerer(dirs)
+        cl.train(model, las, steer.train, steer.valid, epochs=4, seed=seed, progress=False)
+        cl.report(model, steerer, prompts[:3], out=out_dir / "demo_report.html", directions=dirs,
+                  pairs=steer.valid.pairs, other=las, other_name="layerwise LAS", max_new_tokens=24)
+        print(f"Wrote {out_dir / 'demo_report.html'} (open it in a browser; it needs no network)")
+    print(f"{time.perf_counter() - t0:.0f} s in all")
     return {"directions": dirs, "steerer": steerer, "history": hist, "base": base,
             "steered": steered}
