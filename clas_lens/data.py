@@ -146,12 +146,21 @@ class ContrastSet:
         pair_ids: optional pairing (same id = same input with and without the
             behaviour), used by the ``pca`` method and by paired splits.
         name: a label recorded in provenance.
+        completions: optional assistant text after each prompt (response contrasts):
+            activations are then read over the completion instead of the prompt (an
+            empty completion, a model that answered nothing, is read at the last prompt
+            token).
+        source: where the contrast comes from, recorded with the directions:
+            ``"template"`` (a base and a steer template), ``"response"`` (target vs the
+            model's own answer) or ``"prompts"`` (prompts given as they are).
     """
 
     prompts: list[str]
     labels: list[int]
     pair_ids: list[int] | None = None
     name: str = ""
+    completions: list[str] | None = None
+    source: str = "prompts"
 
     def __post_init__(self):
         if isinstance(self.prompts, str):
@@ -172,11 +181,57 @@ class ContrastSet:
             )
         if self.pair_ids is not None and len(self.pair_ids) != len(prompts):
             raise DataError("ContrastSet: pair_ids must have one entry per prompt")
+        if self.completions is not None:
+            if isinstance(self.completions, str) or len(self.completions) != len(prompts):
+                raise DataError("ContrastSet: completions must be a list with one text per prompt")
+            for i, c in enumerate(self.completions):
+                if not isinstance(c, str):
+                    raise DataError(f"ContrastSet completion {i}: expected text, "
+                                    f"got {type(c).__name__}")
+            object.__setattr__(self, "completions", list(self.completions))
         object.__setattr__(self, "prompts", prompts)
         object.__setattr__(self, "labels", labels)
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+    @property
+    def items(self) -> list[tuple[str, str | None]]:
+        """``(prompt, completion)`` per example (completion ``None`` for prompt contrasts)."""
+        completions = self.completions or [None] * len(self.prompts)
+        return list(zip(self.prompts, completions))
+
+    def signal_problem(self) -> str | None:
+        """Why this contrast cannot carry a signal, or ``None`` when it can.
+
+        A contrast has no signal when the two labels' examples are identical pair by
+        pair, or when the examples of one label are exactly those of the other.
+        """
+        items, labels = self.items, self.labels
+        way_out = ("Use a contrast whose labels differ: templates that differ, or a response "
+                   "contrast (clas_lens.response_contrast(model, steer_set): the target "
+                   "completion against the model's own answer).")
+        if self.pair_ids is not None:
+            pairs: dict = {}
+            for it, y, p in zip(items, labels, self.pair_ids):
+                pairs.setdefault(p, (set(), set()))[y].add(it)
+            both = [(a, b) for a, b in pairs.values() if a and b]
+            if both and all(a == b for a, b in both):
+                return (f"contrast {self.name!r}: the label-0 and label-1 prompts are identical "
+                        f"pair by pair ({len(both)} pairs), so a probe has nothing to separate "
+                        f"(are the base and steer templates the same?). {way_out}")
+        zero = {it for it, y in zip(items, labels) if y == 0}
+        one = {it for it, y in zip(items, labels) if y == 1}
+        if zero == one:
+            return (f"contrast {self.name!r}: the label-0 prompts are exactly the label-1 "
+                    f"prompts, so a probe has nothing to separate. {way_out}")
+        return None
+
+    def check_signal(self) -> None:
+        """Raise :class:`DataError` (a ``ValueError``) when :meth:`signal_problem` finds one."""
+        problem = self.signal_problem()
+        if problem is not None:
+            raise DataError(problem)
 
     @classmethod
     def from_templates(
@@ -194,7 +249,7 @@ class ContrastSet:
             prompts += [_fill(base_template, x), _fill(steer_template, x)]
             labels += [0, 1]
             pairs += [i, i]
-        return cls(prompts, labels, pairs, name)
+        return cls(prompts, labels, pairs, name, source="template")
 
     @classmethod
     def from_jsonl(cls, path: str | os.PathLike, *, name: str | None = None) -> "ContrastSet":
@@ -329,7 +384,49 @@ class SteerSet:
                         _fill(r["steer_template"], r["base_input"])]
             labels += [0, 1]
             pairs += [i, i]
-        return ContrastSet(prompts, labels, pairs, self.name)
+        return ContrastSet(prompts, labels, pairs, self.name, source="template")
+
+    def templates_differ(self, splits: Sequence[str] = ("train", "valid")) -> bool:
+        """Whether the template contrast of these splits has any pair whose prompts differ."""
+        return self.contrast_set(splits).signal_problem() is None
+
+    def response_contrast(self, answers: Sequence[str],
+                          splits: Sequence[str] = ("train", "valid")) -> ContrastSet:
+        """Response contrast from the model's own answers to the prompts of ``splits``.
+
+        Label 1 is each prompt with its target completion, label 0 the same prompt with
+        the answer the model gave (``answers``, one per pair of ``splits``, in order; an
+        empty answer is allowed); activations are read over the completion. Greedy answers of the unsteered model
+        come from :func:`clas_lens.contrast.response_contrast`, which calls this.
+        """
+        if isinstance(answers, str):
+            raise DataError("response_contrast: answers must be a list of strings, not one string")
+        idx = [i for i, s in enumerate(self.splits) if s in splits]
+        if not idx:
+            raise DataError(f"SteerSet {self.name!r}: no rows in splits {tuple(splits)}")
+        answers = list(answers)
+        if len(answers) != len(idx):
+            raise DataError(f"response_contrast: {len(answers)} answers for the {len(idx)} pairs "
+                            f"of splits {tuple(splits)}")
+        prompts, completions, labels, pairs = [], [], [], []
+        for k, (i, answer) in enumerate(zip(idx, answers)):
+            if not isinstance(answer, str):
+                raise DataError(f"response_contrast: the answer to pair {i} is not text")
+            prompts += [self.prompts[i], self.prompts[i]]
+            completions += [answer, self.completions[i]]
+            labels += [0, 1]
+            pairs += [k, k]
+        return ContrastSet(prompts, labels, pairs, self.name, completions, source="response")
+
+    def end_of_turn_marks(self) -> list[bool]:
+        """Per pair: does the source target carry the end-of-turn marker ``<|eot_id|>``?
+
+        For a reference CSV the raw ``y`` cell is read (the marker is stripped from
+        :attr:`completions`); otherwise the completion's own text.
+        """
+        if self.rows is not None and all("y" in r for r in self.rows):
+            return [LLAMA_EOT in (r["y"] or "") for r in self.rows]
+        return [c.rstrip().endswith(LLAMA_EOT) for c in self.completions]
 
     @classmethod
     def from_reference_csv(cls, path: str | os.PathLike, *, name: str | None = None) -> "SteerSet":
@@ -351,7 +448,7 @@ class SteerSet:
                     raise DataError(f"{where}, column {col!r}: no '{{prompt}}' field")
             splits.append(next(s for a, b, s in _REFERENCE_SPLIT if n >= a and (b is None or n < b)))
         if name is None:
-            name = path.stem.replace("_SteerDataset", "")
+            name = benchmark_name(path)
         return cls(prompts, completions, splits, name, rows)
 
     @classmethod
@@ -367,6 +464,16 @@ class SteerSet:
                 raise DataError(f"{path}, line {n}, field 'split': {row['split']!r} not in {SPLITS}")
             splits.append(row["split"])
         return cls(prompts, completions, splits, name if name is not None else path.parent.name, rows)
+
+
+def benchmark_name(path: str | os.PathLike) -> str:
+    """The benchmark a reference CSV holds: its file name before ``_SteerDataset``.
+
+    ``GSM8K`` for ``.../GSM8K_SteerDataset.csv``; a file without that suffix gives its name
+    less ``.csv`` (``Toy.csv``: ``Toy``). :meth:`SteerSet.from_reference_csv`, the benchmark
+    harness and its metrics all name a benchmark this way.
+    """
+    return Path(path).name.removesuffix(".csv").split("_SteerDataset")[0]
 
 
 def load_concept(folder: str | os.PathLike) -> tuple[ContrastSet, SteerSet]:

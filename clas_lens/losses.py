@@ -19,7 +19,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from clas_lens.data import SteerSet
+from clas_lens.data import LLAMA_EOT, SteerSet
 from clas_lens.model import (
     chat_ids,
     check_batch_size,
@@ -44,17 +44,50 @@ def as_pairs(data) -> list[tuple[str, str]]:
     return pairs
 
 
-def encode_pairs(model, pairs, *, chat: bool = True, max_completion_tokens: int | None = None,
-                 truncate: bool = False) -> list[tuple[list[int], int]]:
-    """Token ids ``prompt + completion + end-of-turn`` and the prompt length, per pair.
+END_OF_TURN_RULES = ("always", "marker", "never")
 
-    ``max_completion_tokens`` truncates long targets (the end-of-turn token is then dropped);
-    ``truncate=True`` keeps the end of a prompt too long for the context instead of raising.
+
+def check_end_of_turn(end_of_turn: str) -> str:
+    """Validate an end-of-turn rule (``"always"``, ``"marker"`` or ``"never"``)."""
+    if end_of_turn not in END_OF_TURN_RULES:
+        raise ValueError(f"end_of_turn must be one of {END_OF_TURN_RULES}, got {end_of_turn!r}")
+    return end_of_turn
+
+
+def end_of_turn_flags(data, end_of_turn: str = "always") -> list[bool]:
+    """Per pair: does its completion end with the model's end-of-turn token?
+
+    ``"always"`` and ``"never"`` apply to every pair. ``"marker"`` follows the data:
+    a :class:`SteerSet` answers with :meth:`SteerSet.end_of_turn_marks` (the reference
+    CSV's ``<|eot_id|>`` marker); a plain ``(prompt, completion)`` pair carries the marker
+    when its completion text ends with it.
     """
+    check_end_of_turn(end_of_turn)
+    pairs = as_pairs(data)
+    if end_of_turn != "marker":
+        return [end_of_turn == "always"] * len(pairs)
+    if isinstance(data, SteerSet):
+        return data.end_of_turn_marks()
+    return [c.rstrip().endswith(LLAMA_EOT) for _, c in pairs]
+
+
+def encode_pairs(model, pairs, *, chat: bool = True, max_completion_tokens: int | None = None,
+                 truncate: bool = False, end_of_turn: str = "always") -> list[tuple[list[int], int]]:
+    """Token ids ``prompt + completion (+ end-of-turn)`` and the prompt length, per pair.
+
+    A trailing ``<|eot_id|>`` marker in a completion's text is never tokenised as text;
+    ``end_of_turn`` says which completions get the model's end-of-turn token (see
+    :func:`end_of_turn_flags`). ``max_completion_tokens`` truncates long targets (the
+    end-of-turn token is then dropped); ``truncate=True`` keeps the end of a prompt too
+    long for the context instead of raising.
+    """
+    flags = end_of_turn_flags(pairs, end_of_turn)
     out = []
-    for i, (p, c) in enumerate(as_pairs(pairs)):
+    for i, ((p, c), eot) in enumerate(zip(as_pairs(pairs), flags)):
         pids = chat_ids(model, p, chat=chat)
-        cids = completion_ids(model, c)
+        if c.rstrip().endswith(LLAMA_EOT):
+            c = c.rstrip().removesuffix(LLAMA_EOT).rstrip()
+        cids = completion_ids(model, c, end_of_turn=eot)
         if max_completion_tokens is not None and len(cids) > max_completion_tokens:
             cids = cids[:max_completion_tokens]
         pids = fit_context(model, pids, f"pair {i}", truncate=truncate, reserve=len(cids))
@@ -135,15 +168,17 @@ def nll_sums(model, encoded, pad: int, device) -> tuple[torch.Tensor, torch.Tens
 
 def completion_nll(model, steerer: Steerer | None, pairs, *, batch_size: int = 8,
                    scale: float = 1.0, per_example: bool = False,
-                   max_completion_tokens: int | None = None, truncate: bool = False):
+                   max_completion_tokens: int | None = None, truncate: bool = False,
+                   end_of_turn: str = "always"):
     """Mean per-token cross-entropy of the completions given the prompts.
 
     Returns the token-weighted mean over all pairs, or with ``per_example=True`` a
-    tensor of per-pair means.
+    tensor of per-pair means. ``max_completion_tokens``, ``truncate`` and ``end_of_turn``
+    are as in :func:`encode_pairs`.
     """
     check_batch_size(batch_size)
     encoded = encode_pairs(model, pairs, max_completion_tokens=max_completion_tokens,
-                           truncate=truncate)
+                           truncate=truncate, end_of_turn=end_of_turn)
     device = model_device(model)
     sums, counts = [], []
     ctx = steerer.apply(model, scale=scale) if steerer is not None else nullcontext()
@@ -158,4 +193,5 @@ def completion_nll(model, steerer: Steerer | None, pairs, *, batch_size: int = 8
     return float(s.sum() / n.sum().clamp(min=1))
 
 
-__all__ = ["as_pairs", "collate", "completion_nll", "encode_pairs", "nll_sums", "token_nll_sums"]
+__all__ = ["END_OF_TURN_RULES", "as_pairs", "check_end_of_turn", "collate", "completion_nll",
+           "encode_pairs", "end_of_turn_flags", "nll_sums", "token_nll_sums"]

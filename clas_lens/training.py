@@ -19,12 +19,14 @@ import math
 import time
 import warnings
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
-from clas_lens.losses import as_pairs, completion_nll, encode_pairs, nll_sums
+from clas_lens.data import SteerSet
+from clas_lens.losses import as_pairs, check_end_of_turn, completion_nll, encode_pairs, nll_sums
 from clas_lens.model import model_device, pad_id
 from clas_lens.steerers import LASSteerer, Steerer
 
@@ -40,17 +42,20 @@ class TrainHistory:
     Attributes:
         steps: one dict per optimiser step: ``step``, ``epoch``, ``train_loss``,
             ``seconds`` and the parameter norms.
-        valid: one dict per evaluation: ``epoch`` (0 = before training), ``valid_loss``.
+        valid: one dict per evaluation: ``step`` and ``epoch`` (0 = before training),
+            ``valid_loss``.
         best_epoch: epoch whose parameters were kept (0 = untrained).
+        best_step: optimiser step whose parameters were kept (0 = untrained).
         best_valid_loss: its valid loss (``nan`` without valid data).
         seconds: wall time.
         interrupted: training stopped by KeyboardInterrupt (best parameters kept).
-        settings: learning rates, epochs, seed, batch sizes.
+        settings: learning rates, epochs, seed, batch sizes, protocol and its settings.
     """
 
     steps: list[dict] = field(default_factory=list)
     valid: list[dict] = field(default_factory=list)
     best_epoch: int = 0
+    best_step: int = 0
     best_valid_loss: float = float("nan")
     seconds: float = 0.0
     interrupted: bool = False
@@ -84,12 +89,188 @@ def _groups(steerer: Steerer, lr) -> list[dict]:
     return groups
 
 
+#: named training protocols: the settings each one gives to :func:`train`
+PROTOCOLS = {
+    # every target ends with the end-of-turn token; no clipping; valid loss after every epoch
+    "clas_lens": {"end_of_turn": "always", "clip_grad_norm": None, "eval_steps": None,
+                  "max_completion_tokens": None},
+    # the CLAS reference trainer: end-of-turn only where the target carries the marker,
+    # gradient norm clipped at 1.0, valid loss at steps 0, 2, 4, ...; targets never capped
+    "reference": {"end_of_turn": "marker", "clip_grad_norm": 1.0, "eval_steps": 2,
+                  "max_completion_tokens": None},
+}
+
+
+def resolve_protocol(protocol: str | None = None, **given) -> dict:
+    """Training settings of a protocol, overridden by the non-``None`` values of ``given``.
+
+    Args:
+        protocol: a name in :data:`PROTOCOLS` (``None`` = ``"clas_lens"``).
+        **given: ``end_of_turn``, ``clip_grad_norm``, ``eval_steps``, ``max_completion_tokens``.
+
+    Returns:
+        The settings, with ``protocol`` set to the name.
+    """
+    name = "clas_lens" if protocol is None else protocol
+    if name not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {sorted(PROTOCOLS)}")
+    unknown = set(given) - set(PROTOCOLS[name])
+    if unknown:
+        raise TypeError(f"resolve_protocol got unknown setting(s) {sorted(unknown)}")
+    out = {**PROTOCOLS[name], **{k: v for k, v in given.items() if v is not None}}
+    check_end_of_turn(out["end_of_turn"])
+    clip = out["clip_grad_norm"]
+    if clip is not None and not (math.isfinite(float(clip)) and float(clip) > 0):
+        raise ValueError(f"clip_grad_norm must be a finite number > 0 (or None for no clipping), "
+                         f"got {clip!r}")
+    return {"protocol": name, **out}
+
+
+def eval_schedule(eval_steps, n_steps: int, steps_per_epoch: int) -> list[int]:
+    """The optimiser steps after which the valid loss is evaluated (0 = before training).
+
+    Args:
+        eval_steps: ``None`` (step 0 and the end of every epoch), an ``int`` ``k`` (steps
+            0, k, 2k, ... up to the last step) or a sequence of step numbers.
+        n_steps: optimiser steps of the whole run.
+        steps_per_epoch: optimiser steps per epoch.
+    """
+    if eval_steps is None:
+        return [0] + list(range(steps_per_epoch, n_steps + 1, steps_per_epoch))
+    if isinstance(eval_steps, bool):
+        raise TypeError("eval_steps must be None, an int or a list of steps, not a bool")
+    if isinstance(eval_steps, int):
+        if eval_steps < 1:
+            raise ValueError(f"eval_steps as an interval must be >= 1, got {eval_steps}")
+        return list(range(0, n_steps + 1, eval_steps))
+    steps = sorted({int(x) for x in eval_steps})
+    bad = [x for x in steps if not 0 <= x <= n_steps]
+    if bad or not steps:
+        raise ValueError(f"eval_steps {bad or list(eval_steps)} outside the run's steps 0..{n_steps}; "
+                         "list steps of this run, or give an interval (eval_steps=2)")
+    return steps
+
+
+class _Selection:
+    """Valid evaluations and the parameters of the best one (the untrained state included)."""
+
+    def __init__(self, model, steerer: Steerer, valid_pairs, hist: TrainHistory, nll_kw: dict):
+        self.model, self.steerer, self.valid_pairs, self.hist = model, steerer, valid_pairs, hist
+        self.nll_kw = nll_kw
+        self.best = float("inf")
+        self.best_state = copy.deepcopy(steerer.state_dict())
+
+    def evaluate(self, step: int, epoch: int) -> None:
+        loss = completion_nll(self.model, self.steerer, self.valid_pairs, batch_size=8, **self.nll_kw)
+        self.hist.valid.append({"step": step, "epoch": epoch, "valid_loss": loss})
+        if not math.isfinite(loss):
+            warnings.warn(f"valid loss is {loss} after step {step}; that state is never kept",
+                          stacklevel=3)
+        elif loss < self.best:
+            self.keep(step, epoch, loss)
+
+    def keep(self, step: int, epoch: int, loss: float = float("inf")) -> None:
+        self.best = loss
+        self.hist.best_epoch, self.hist.best_step = epoch, step
+        self.best_state = copy.deepcopy(self.steerer.state_dict())
+
+    def finish(self) -> None:
+        """Load the best parameters and record them in the history and ``steerer.cfg.training``."""
+        hist = self.hist
+        self.steerer.load_state_dict(self.best_state)
+        hist.best_valid_loss = self.best if math.isfinite(self.best) else float("nan")
+        best_loss = hist.best_valid_loss if math.isfinite(hist.best_valid_loss) else None
+        self.steerer.record_training({
+            **hist.settings, "best_epoch": hist.best_epoch, "best_step": hist.best_step,
+            "best_valid_loss": best_loss})
+
+
+def _batches(n: int, bs: int, epochs: int, gen: torch.Generator):
+    """``(epoch, indices)`` of every optimiser step; shuffled per epoch unless full batch."""
+    for epoch in range(1, epochs + 1):
+        order = torch.randperm(n, generator=gen).tolist() if bs < n else list(range(n))
+        for k in range(0, n, bs):
+            yield epoch, order[k:k + bs]
+
+
+def _optimizer_step(model, steerer: Steerer, opt, batch, *, micro_batch_size, micro_batch_tokens,
+                    clip_grad_norm, where: str) -> dict:
+    """One optimiser step on ``batch``: accumulated completion loss, optional clipping."""
+    n_tok = sum(len(s) - n for s, n in batch)
+    pad, device = pad_id(model), model_device(model)
+    opt.zero_grad(set_to_none=True)
+    total = 0.0
+    with steerer.apply(model):
+        for micro in _micro_batches(batch, micro_batch_size, micro_batch_tokens):
+            sums, _ = nll_sums(model, micro, pad, device)
+            loss = sums.sum() / n_tok
+            loss.backward()
+            total += float(loss.detach())
+    if not math.isfinite(total):
+        raise TrainingError(f"non-finite training loss ({total}) at {where}; "
+                            "the best parameters found so far were kept")
+    params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+    grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params])) if params else 0.0
+    if clip_grad_norm is not None and params:
+        torch.nn.utils.clip_grads_with_norm_(params, clip_grad_norm, torch.tensor(grad_norm))
+    opt.step()
+    if not all(torch.isfinite(p).all() for p in steerer.parameters()):
+        raise TrainingError(f"non-finite parameters after {where}; "
+                            "the best parameters found so far were kept")
+    return {"train_loss": total, "grad_norm": grad_norm}
+
+
+@contextmanager
+def _frozen(model):
+    """The model's weights get no gradient inside the block; their flags are restored after."""
+    flags = [p.requires_grad for p in model.parameters()]
+    model.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+def _run_steps(model, steerer: Steerer, opt, enc_train, hist: TrainHistory, sel: _Selection, gen,
+               *, bs, epochs, per_epoch, eval_at, clip_grad_norm, micro_batch_size,
+               micro_batch_tokens, progress, t0) -> None:
+    """The optimiser steps with their evaluations; on any exit the best state is loaded."""
+    step = 0
+    bar = tqdm(total=epochs * per_epoch, desc=f"train {steerer.kind}", disable=not progress)
+    try:
+        for epoch, idx in _batches(len(enc_train), bs, epochs, gen):
+            out = _optimizer_step(
+                model, steerer, opt, [enc_train[i] for i in idx],
+                micro_batch_size=micro_batch_size, micro_batch_tokens=micro_batch_tokens,
+                clip_grad_norm=clip_grad_norm, where=f"step {step + 1} (epoch {epoch})")
+            step += 1
+            hist.steps.append({"step": step, "epoch": epoch, **out,
+                               "seconds": time.perf_counter() - t0,
+                               **{f"norm_{n}": v for n, v in steerer.param_norms().items()}})
+            bar.update(1)
+            bar.set_postfix(loss=f"{out['train_loss']:.4f}")
+            if step in eval_at:
+                sel.evaluate(step, epoch)
+            elif sel.valid_pairs is None and step % per_epoch == 0:
+                sel.keep(step, epoch)
+    except KeyboardInterrupt:
+        hist.interrupted = True
+        warnings.warn(f"training interrupted at step {step}; keeping the best parameters so far",
+                      stacklevel=3)
+    finally:
+        bar.close()
+        hist.seconds = time.perf_counter() - t0
+        sel.finish()
+
+
 def train(
     model, steerer: Steerer, train_pairs, valid=None, *, epochs: int = 8,
     lr: float | dict | None = None, seed: int = 0, batch_size: int | None = None,
     micro_batch_size: int | None = None, micro_batch_tokens: int = 512,
     weight_decay: float = 0.0, progress: bool = True, max_completion_tokens: int | None = None,
-    truncate: bool = False,
+    truncate: bool = False, protocol: str | None = None, end_of_turn: str | None = None,
+    clip_grad_norm: float | None = None, eval_steps: int | Sequence[int] | None = None,
 ) -> TrainHistory:
     """Train a steerer on (prompt, completion) pairs with the model frozen.
 
@@ -110,8 +291,17 @@ def train(
             on SmolLM2-135M).
         weight_decay: AdamW weight decay.
         progress: tqdm progress bar.
-        max_completion_tokens: truncate long targets.
+        max_completion_tokens: truncate long targets (default: never).
         truncate: keep the end of prompts too long for the context instead of raising.
+        protocol: ``"clas_lens"`` (default) or ``"reference"`` (the CLAS reference
+            trainer: end-of-turn only where the target carries the marker, gradient norm
+            clipped at 1.0, valid loss at steps 0, 2, 4, ...); see :data:`PROTOCOLS`. The
+            three settings below override the protocol's when given.
+        end_of_turn: ``"always"``, ``"marker"`` or ``"never"``: which targets end with the
+            model's end-of-turn token (see :func:`clas_lens.losses.end_of_turn_flags`).
+        clip_grad_norm: clip the total gradient norm of each step to this value.
+        eval_steps: when the valid loss is evaluated (see :func:`eval_schedule`); only
+            evaluated states can be kept, the untrained one included when step 0 is listed.
 
     Returns:
         A :class:`TrainHistory`.
@@ -119,102 +309,44 @@ def train(
     Raises:
         TrainingError: a NaN or infinite loss (the best parameters so far are kept).
     """
+    proto = resolve_protocol(protocol, end_of_turn=end_of_turn, clip_grad_norm=clip_grad_norm,
+                             eval_steps=eval_steps, max_completion_tokens=max_completion_tokens)
     steerer.check_model(model)
     if epochs < 0:
         raise ValueError("epochs must be >= 0")
     if (micro_batch_size is not None and micro_batch_size < 1) or micro_batch_tokens < 1 \
             or (batch_size is not None and batch_size < 1):
         raise ValueError("batch sizes and micro_batch_tokens must be >= 1")
-    enc_train = encode_pairs(model, train_pairs, max_completion_tokens=max_completion_tokens,
-                             truncate=truncate)
-    valid_pairs = None if valid is None else as_pairs(valid)
+    enc_kw = {"max_completion_tokens": proto["max_completion_tokens"], "truncate": truncate,
+              "end_of_turn": proto["end_of_turn"]}
+    enc_train = encode_pairs(model, train_pairs, **enc_kw)
+    valid_pairs = None if valid is None else (valid if isinstance(valid, SteerSet) else as_pairs(valid))
     bs = batch_size or len(enc_train)
+    per_epoch = math.ceil(len(enc_train) / bs)
+    n_steps = epochs * per_epoch
+    eval_at = set(eval_schedule(proto["eval_steps"], n_steps, per_epoch)) if valid_pairs else set()
     groups = _groups(steerer, lr)
     opt = torch.optim.AdamW([{k: v for k, v in g.items() if k != "name"} for g in groups],
                             weight_decay=weight_decay)
-    device = model_device(model)
-    steerer.to(device)
-    pad = pad_id(model)
+    steerer.to(model_device(model))
     hist = TrainHistory(settings={
         "epochs": epochs, "lr": {g["name"]: g["lr"] for g in groups}, "seed": seed,
         "batch_size": bs, "micro_batch_size": micro_batch_size,
         "micro_batch_tokens": micro_batch_tokens, "weight_decay": weight_decay,
         "n_train": len(enc_train), "n_valid": 0 if valid_pairs is None else len(valid_pairs),
+        **proto, "eval_steps": sorted(eval_at),
     })
-    grad_flags = [p.requires_grad for p in model.parameters()]
-    model.requires_grad_(False)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-
-    def evaluate(epoch: int) -> float:
-        loss = completion_nll(model, steerer, valid_pairs, batch_size=8,
-                              max_completion_tokens=max_completion_tokens, truncate=truncate)
-        hist.valid.append({"epoch": epoch, "valid_loss": loss})
-        if not math.isfinite(loss):
-            warnings.warn(f"valid loss is {loss} after epoch {epoch}; that state is never kept",
-                          stacklevel=2)
-        return loss
-
-    best_state = copy.deepcopy(steerer.state_dict())
-    best = evaluate(0) if valid_pairs else float("inf")
-    hist.best_valid_loss = best if valid_pairs else float("nan")
+    sel = _Selection(model, steerer, valid_pairs, hist, enc_kw)
     t0 = time.perf_counter()
-    step = 0
-    n_steps = epochs * math.ceil(len(enc_train) / bs)
-    bar = tqdm(total=n_steps, desc=f"train {steerer.kind}", disable=not progress)
-    try:
-        for epoch in range(1, epochs + 1):
-            with steerer.apply(model):
-                order = torch.randperm(len(enc_train), generator=gen).tolist() \
-                    if bs < len(enc_train) else list(range(len(enc_train)))
-                for k in range(0, len(order), bs):
-                    batch = [enc_train[i] for i in order[k:k + bs]]
-                    n_tok = sum(len(s) - n for s, n in batch)
-                    opt.zero_grad(set_to_none=True)
-                    total = 0.0
-                    for micro in _micro_batches(batch, micro_batch_size, micro_batch_tokens):
-                        sums, _ = nll_sums(model, micro, pad, device)
-                        loss = sums.sum() / n_tok
-                        loss.backward()
-                        total += float(loss.detach())
-                    step += 1
-                    if not math.isfinite(total):
-                        raise TrainingError(
-                            f"non-finite training loss ({total}) at step {step} (epoch {epoch}); "
-                            "the best parameters found so far were kept")
-                    opt.step()
-                    if not all(torch.isfinite(p).all() for p in steerer.parameters()):
-                        raise TrainingError(
-                            f"non-finite parameters after step {step} (epoch {epoch}); "
-                            "the best parameters found so far were kept")
-                    hist.steps.append({"step": step, "epoch": epoch, "train_loss": total,
-                                       "seconds": time.perf_counter() - t0,
-                                       **{f"norm_{n}": v for n, v in steerer.param_norms().items()}})
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{total:.4f}")
-            if valid_pairs:
-                loss = evaluate(epoch)
-                if math.isfinite(loss) and loss < best:
-                    best, hist.best_epoch = loss, epoch
-                    best_state = copy.deepcopy(steerer.state_dict())
-            else:
-                best_state = copy.deepcopy(steerer.state_dict())
-                hist.best_epoch = epoch
-    except KeyboardInterrupt:
-        hist.interrupted = True
-        warnings.warn(f"training interrupted at step {step}; keeping the best parameters so far",
-                      stacklevel=2)
-    finally:
-        bar.close()
-        steerer.load_state_dict(best_state)
-        for p, flag in zip(model.parameters(), grad_flags):
-            p.requires_grad_(flag)
-        hist.seconds = time.perf_counter() - t0
-        if valid_pairs:
-            hist.best_valid_loss = best
-        best_loss = hist.best_valid_loss if math.isfinite(hist.best_valid_loss) else None
-        steerer.extra = {**steerer.extra, "train": {**hist.settings, "best_epoch": hist.best_epoch,
-                                                    "best_valid_loss": best_loss}}
+    with _frozen(model):
+        if 0 in eval_at:  # an interrupt here propagates: nothing was trained yet
+            sel.evaluate(0, 0)
+        _run_steps(model, steerer, opt, enc_train, hist, sel, gen, bs=bs, epochs=epochs,
+                   per_epoch=per_epoch, eval_at=eval_at, clip_grad_norm=proto["clip_grad_norm"],
+                   micro_batch_size=micro_batch_size, micro_batch_tokens=micro_batch_tokens,
+                   progress=progress, t0=t0)
     return hist
 
 
