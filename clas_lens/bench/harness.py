@@ -50,6 +50,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from clas_lens.bench.metrics import benchmark_name
 from clas_lens.io import atomic_write_text, versions
 
 STEERING_METHODS = ("base_prompt", "steer_prompt", "las", "las_layerwise", "clas", "reft", "lora")
@@ -85,11 +86,6 @@ COLUMNS = (
 
 
 # --------------------------------------------------------------------------- inputs
-
-def benchmark_name(path: str | os.PathLike) -> str:
-    """``GSM8K`` for ``.../GSM8K_SteerDataset.csv`` (the file name before ``_SteerDataset``)."""
-    return Path(path).name.removesuffix(".csv").split("_SteerDataset")[0]
-
 
 def find_csvs(paths: Sequence[str | os.PathLike] | str | os.PathLike) -> list[Path]:
     """Expand files and folders into a sorted, de-duplicated list of CSV files.

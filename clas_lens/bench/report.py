@@ -164,7 +164,7 @@ def render_markdown(rows: list[dict], *, command: str | None = None, notes: str 
         "## Behaviour metrics per benchmark",
         "",
         "Means over the generations of the offline rule-based metrics in "
-        "`clas_lens/bench/metrics.py` (heuristic stand-ins for the reference's LLM judge). "
+        "`clas_lens/bench/metrics/` (heuristic stand-ins for the reference's LLM judge). "
         "Benchmarks without specific metrics get only NLL and embedding similarity.",
         "",
         metric_tables(rows),
