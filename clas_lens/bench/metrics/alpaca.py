@@ -82,3 +82,6 @@ def alpaca_metrics(generation: str, row: dict) -> dict[str, float]:
         "length_words": float(length),
         "prompt_overlap": overlap,
     }
+
+
+__all__ = ["alpaca_metrics", "prompt_overlap"]

@@ -110,3 +110,6 @@ def embedding_similarity(
     vectors = _embed([str(t) for t in [*texts, *references]], batch_size)
     left, right = vectors[: len(texts)], vectors[len(texts) :]
     return [float(v) for v in (left * right).sum(-1).clamp(-1.0, 1.0)]
+
+
+__all__ = ["embedding_model_dir", "embedding_similarity"]

@@ -83,3 +83,6 @@ def gsm8k_metrics(generation: str, row: dict) -> dict[str, float]:
         "reasoning_steps": float(len(sentences_of(before))),
         "correct": float(_numbers_equal(answer, gold)),
     }
+
+
+__all__ = ["gsm8k_metrics", "parse_gsm8k_label", "parse_number"]

@@ -39,3 +39,6 @@ def jailbreak_metrics(generation: str, row: dict) -> dict[str, float]:
         "compliance_prefix": float(bool(_COMPLIANCE.match(_unquote_start(generation)))),
         "refusal": float(is_refusal(generation)),
     }
+
+
+__all__ = ["jailbreak_metrics"]

@@ -91,3 +91,6 @@ def leetcode_metrics(generation: str, row: dict) -> dict[str, float]:
         "cpp_like": float(_looks_like_cpp(code)),
         "other_language": float(bool(tags & _OTHER_TAGS)),
     }
+
+
+__all__ = ["leetcode_metrics"]

@@ -118,3 +118,6 @@ def mmlu_metrics(generation: str, row: dict) -> dict[str, float]:
         "correct": float(choice is not None and choice == gold),
         "hedged": float(any_match(_HEDGES, generation.replace("’", "'"))),
     }
+
+
+__all__ = ["chosen_option", "mmlu_metrics", "parse_options"]

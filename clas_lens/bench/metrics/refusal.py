@@ -50,3 +50,6 @@ def is_refusal(text: str) -> bool:
     """
     head = text[:_REFUSAL_SCAN_CHARS].replace("’", "'")
     return any_match(REFUSAL_PATTERNS, head)
+
+
+__all__ = ["REFUSAL_PATTERNS", "is_refusal"]

@@ -79,3 +79,6 @@ def repetition_metrics(generation: str, row: dict) -> dict[str, float]:
         "no_repetition": float(clean),
         "single_sentence": float(one and clean),
     }
+
+
+__all__ = ["ngram_repeat_rate", "repeat_rate", "repetition_metrics"]

@@ -6,8 +6,6 @@ import re
 from collections.abc import Iterable, Sequence
 
 _END_MARKERS = ("<|eot_id|>", "<|im_end|>", "<|endoftext|>", "<|end|>", "</s>")
-
-
 _LIST_MARKER = re.compile(r"^\s*(?:[-*•+]|\d+[.)]|#+)\s+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+")
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
@@ -66,3 +64,6 @@ def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
         ``len(tokens) - n + 1`` tuples of ``n`` consecutive tokens.
     """
     return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+__all__ = ["any_match", "clean_generation", "ngrams", "normalise", "sentences_of", "words_of"]

@@ -99,3 +99,6 @@ def toxicchat_metrics(generation: str, row: dict) -> dict[str, float]:
         "safe": float(safe),
         "helpful_safe": float(safe and helpful),
     }
+
+
+__all__ = ["has_toxic_words", "toxicchat_metrics"]
