@@ -10,6 +10,14 @@ or tampered file is refused (an artifact without ``cfg_sha256``, from an older
 version or deliberately edited by hand, loads with the weights check only). Only
 safetensors is read: no pickle. Every artifact records the versions of Python,
 torch, TransformerLens and clas_lens.
+
+Example:
+    >>> folder = save_artifact(tmp / "a", {"w": torch.ones(2)}, {"kind": "demo"})
+    >>> sorted(p.name.split("-")[0] for p in folder.iterdir())
+    ['cfg.json', 'weights']
+    >>> tensors, cfg = load_artifact(folder, kind="demo")
+    >>> tensors["w"].tolist(), cfg["kind"], sorted(cfg["versions"])
+    ([1.0, 1.0], 'demo', ['clas_lens', 'python', 'torch', 'transformer_lens'])
 """
 
 from __future__ import annotations

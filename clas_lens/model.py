@@ -8,7 +8,9 @@ seconds, and it never touches the network.
 Example:
     >>> import clas_lens as cl
     >>> model = cl.load_model()                      # doctest: +SKIP
-    >>> ids = cl.chat_ids(model, "Name a colour.")   # doctest: +SKIP
+    >>> ids = cl.chat_ids(model, "Name a colour.")   # (here: a tiny random model)
+    >>> model.tokenizer.decode(ids)
+    '<|im_start|>user\\nName a colour.<|im_end|>\\n<|im_start|>assistant\\n'
 """
 
 from __future__ import annotations
@@ -223,7 +225,11 @@ def chat_ids(model, prompt: str, *, system: str | None = None, chat: bool = True
     the raw prompt is tokenised with a single BOS when the tokenizer has one.
 
     Example:
-        >>> ids = chat_ids(model, "Hi")     # doctest: +SKIP
+        >>> ids = chat_ids(model, "Hi")
+        >>> ids[0] == model.tokenizer.bos_token_id
+        True
+        >>> model.tokenizer.decode(ids).endswith("<|im_start|>assistant\\n")
+        True
     """
     tok = model.tokenizer
     text = chat_text(model, prompt, system=system, chat=chat)

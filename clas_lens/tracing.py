@@ -6,8 +6,16 @@ For every prompt and generated token at every steered layer, the strength
 token's strengths are computed once, when that token is fed.
 
 Example:
-    >>> res = generate(model, steerer, ["Tell me about cats."], max_new_tokens=20)  # doctest: +SKIP
-    >>> res.texts[0], res.strengths.shape                                           # doctest: +SKIP
+    >>> steerer = cl.LASSteerer(dirs).set(0.5)      # LAS: the strength is c at every token
+    >>> res = generate(model, steerer, ["Tell me about cats.", "Hi"], max_new_tokens=3,
+    ...                progress=False)
+    >>> len(res.texts), res.strengths.shape[0], res.strengths.shape[2]   # [batch, pos, layer]
+    (2, 2, 3)
+    >>> float(res.strengths_of(1).max())
+    0.5
+    >>> tf = trace(model, steerer, pairs.test.prompts, pairs.test.completions)  # teacher forced
+    >>> tf.strengths.shape[0], tf.strengths.shape[2]
+    (2, 3)
 """
 
 from __future__ import annotations

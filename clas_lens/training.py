@@ -8,8 +8,14 @@ constant schedule, 8 full-batch epochs; the parameters with the best valid
 loss (evaluated before training and after each epoch) are kept.
 
 Example:
-    >>> history = train(model, steerer, steer_set.train, steer_set.valid)   # doctest: +SKIP
-    >>> history.best_valid_loss                                             # doctest: +SKIP
+    >>> steerer = cl.CLASSteerer(dirs)               # W, b = 0: the unsteered model
+    >>> history = train(model, steerer, pairs.train, pairs.valid, epochs=2, progress=False)
+    >>> len(history.valid_losses)                    # before training, then after each epoch
+    3
+    >>> history.best_valid_loss == min(history.valid_losses)
+    True
+    >>> steerer.cfg.training.best_epoch == history.best_epoch   # saved with the steerer
+    True
 """
 
 from __future__ import annotations

@@ -15,11 +15,19 @@ All model access goes through hook names (``blocks.{l}.hook_resid_post`` and fri
 with temporary hooks inside ``with model.hooks(...)``, so no hook outlives a call.
 
 Example:
-    >>> res = generate(model, steerer, prompts)                         # doctest: +SKIP
-    >>> layer_profile(res)                          # mean |alpha| per layer  # doctest: +SKIP
-    >>> readout_alignment(steerer).summary()        # cos(w_l, v_l) vs null   # doctest: +SKIP
-    >>> attr = attribute_strength(model, steerer, "Hi", layer=12)        # doctest: +SKIP
-    >>> top_components(attr, 5)                                          # doctest: +SKIP
+    >>> from clas_lens.testing import randomize
+    >>> steerer = randomize(cl.CLASSteerer(dirs), seed=1, scale=0.1)   # a "trained" steerer
+    >>> res = cl.generate(model, steerer, ["Tell me about cats.", "Hi"], max_new_tokens=3,
+    ...                   progress=False)
+    >>> layer_profile(res).shape                    # mean |alpha| per layer
+    torch.Size([3])
+    >>> readout_alignment(steerer).summary()["labels"]      # cos(w_l, v_l) against a null band
+    ('w', 'v')
+    >>> attr = attribute_strength(model, steerer, "Hi", layer=2)
+    >>> abs(attr.alpha - attr.bias - sum(attr.contributions.values())) < 1e-5   # exact parts
+    True
+    >>> len(top_components(attr, 5))
+    5
 """
 
 from clas_lens.analysis.attribution import (

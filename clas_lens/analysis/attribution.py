@@ -6,9 +6,15 @@ All model access goes through hook names (``blocks.{l}.hook_resid_post`` and fri
 with temporary hooks inside ``with model.hooks(...)``, so no hook outlives a call.
 
 Example:
-    >>> attr = attribute_strength(model, steerer, "Hi", layer=12)        # doctest: +SKIP
-    >>> top_components(attr, 5)                                          # doctest: +SKIP
-    >>> head_attention_sources(model, "Hi", layer=12, head=3, k=5)       # doctest: +SKIP
+    >>> from clas_lens.testing import randomize
+    >>> steerer = randomize(cl.CLASSteerer(dirs), seed=1, scale=0.1)
+    >>> attr = attribute_strength(model, steerer, "Hi", layer=2)
+    >>> abs(attr.alpha - attr.bias - sum(attr.contributions.values())) < 1e-5   # exact parts
+    True
+    >>> sorted(attr.contributions)[:3], len(top_components(attr, 5))   # heads, MLPs, embed...
+    (['L0.H0', 'L0.H1', 'L0.H2'], 5)
+    >>> len(head_attention_sources(model, "Hi", layer=1, head=3, k=5))
+    5
 """
 
 from __future__ import annotations

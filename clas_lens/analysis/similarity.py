@@ -5,8 +5,16 @@ Every cosine comes with a :class:`NullBand`, the spread of the cosine of two ran
 vectors in the same dimension, so "aligned" can be told from chance.
 
 Example:
-    >>> readout_alignment(steerer).summary()        # cos(w_l, v_l) vs null   # doctest: +SKIP
-    >>> method_similarity({"mean_diff": d1, "logistic": d2}).table()     # doctest: +SKIP
+    >>> from clas_lens.testing import random_directions, randomize
+    >>> steerer = randomize(cl.CLASSteerer(dirs), seed=1, scale=0.1)
+    >>> readout_alignment(steerer).summary()["labels"]      # cos(w_l, v_l) against a null band
+    ('w', 'v')
+    >>> sim = method_similarity({"a": dirs, "b": random_directions(model, seed=2)})
+    >>> sim.cos.shape                                # [method, method, layer]
+    torch.Size([2, 2, 3])
+    >>> band = null_band(32, n_null=200)             # cosines of random unit pairs in 32 dims
+    >>> band.lo < 0 < band.hi
+    True
 """
 
 from __future__ import annotations

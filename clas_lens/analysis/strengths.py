@@ -2,9 +2,15 @@
 steerers' strength traces on the same tokens.
 
 Example:
-    >>> res = generate(model, steerer, prompts)                         # doctest: +SKIP
-    >>> strength_summary(res)[0]["mean_abs"]                            # doctest: +SKIP
-    >>> layer_profile(res)                          # mean |alpha| per layer  # doctest: +SKIP
+    >>> from clas_lens.testing import randomize
+    >>> steerer = randomize(cl.CLASSteerer(dirs), seed=1, scale=0.1)
+    >>> res = cl.generate(model, steerer, ["Tell me about cats.", "Hi"], max_new_tokens=3,
+    ...                   progress=False)
+    >>> summary = strength_summary(res)             # one dict per prompt
+    >>> len(summary), summary[0]["max_abs"] >= summary[0]["mean_abs"] > 0
+    (2, True)
+    >>> layer_profile(res).shape                    # mean |alpha| per layer
+    torch.Size([3])
 """
 
 from __future__ import annotations

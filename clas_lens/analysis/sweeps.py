@@ -6,8 +6,13 @@ from a :class:`~clas_lens.analysis.residual_cache.ResidualCache` by default);
 or per prefix of layers.
 
 Example:
-    >>> sw = layer_sweep_las(model, dirs, pairs, [-4, 0, 4])              # doctest: +SKIP
-    >>> sw.best()                                                         # doctest: +SKIP
+    >>> sw = layer_sweep_las(model, dirs, pairs.valid, [-2, 0, 2])
+    >>> sw.nll.shape                                 # [layer, coefficient]
+    torch.Size([3, 3])
+    >>> float((sw.nll[:, 1] - sw.baseline).abs().max()) < 1e-4   # coefficient 0 = unsteered
+    True
+    >>> sw.best()["nll"] <= sw.baseline
+    True
 """
 
 from __future__ import annotations
