@@ -35,7 +35,19 @@ import clas_lens as cl
 from clas_lens import analysis as an, plot
 from clas_lens.figures import data_dir
 
-pio.renderers.default = "plotly_mimetype+notebook_connected"
+# Plotly figures are stored as plotly JSON (JupyterLab and VS Code draw it with no network) and,
+# beside it, as a PNG (what GitHub and viewers without JavaScript show). The PNG needs kaleido and
+# a Chromium (Debian package chromium); without them only the JSON is stored.
+pio.renderers.default = "plotly_mimetype"
+if not SMALL:
+    import warnings, kaleido
+    warnings.filterwarnings("ignore", message="The kopts argument is ignored")
+    try:
+        kaleido.start_sync_server(silence_warnings=True)
+        pio.to_image({"data": [], "layout": {}}, format="png")
+        pio.renderers.default = "plotly_mimetype+png"
+    except Exception as err:
+        print("figures without PNG copies:", err)
 %matplotlib inline
 torch.manual_seed(0)
 DATA = data_dir()

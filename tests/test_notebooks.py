@@ -1,9 +1,11 @@
 """The tutorial notebooks: in sync with notebooks/build.py, committed with outputs and
-no errors, and each one runs end to end (CLAS_LENS_NB_SIZE=small) in a temp copy."""
+no errors, their figures shown on GitHub and offline (no remote script, a PNG beside every
+plotly output), and each one runs end to end (CLAS_LENS_NB_SIZE=small) in a temp copy."""
 
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 from pathlib import Path
 
@@ -41,6 +43,61 @@ def test_committed_notebook_matches_build_and_has_outputs(path):
     for c in code:
         for o in c.get("outputs", []):
             assert o.get("output_type") != "error", f"{path.name}: {o.get('ename')}: {o.get('evalue')}"
+
+
+PLOTLY_JSON = "application/vnd.plotly.v1+json"
+# a script loaded from elsewhere: <script src="http...">, "//host/...", or require.js pointed at a CDN
+REMOTE = re.compile(r"""<script[^>]*\bsrc\s*=\s*["']?(https?:)?//|require\.config\s*\(\s*\{[^}]*https?:""",
+                    re.I | re.S)
+
+
+def _text(value) -> str:
+    return "".join(value) if isinstance(value, list) else str(value)
+
+
+def render_problems(nb) -> list[str]:
+    """Why a notebook would not show its figures on GitHub or offline: remote scripts, or a plotly
+    output (plotly JSON, or HTML that draws with Plotly) without a PNG beside it."""
+    problems = []
+    for k, cell in enumerate(nb.cells):
+        for o in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            data = o.get("data", {})
+            for mime in ("text/html", "application/javascript"):
+                if mime in data and REMOTE.search(_text(data[mime])):
+                    problems.append(f"cell {k}: {mime} output loads a remote script")
+            html = _text(data.get("text/html", ""))
+            if (PLOTLY_JSON in data or "Plotly.newPlot" in html) and "image/png" not in data:
+                problems.append(f"cell {k}: plotly output without an image/png fallback")
+    return problems
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_notebook_renders_anywhere(path):
+    nb = nbformat.read(path, as_version=4)
+    assert render_problems(nb) == [], f"{path.name}: rebuild with `python notebooks/build.py --execute`"
+    n_plotly = sum(PLOTLY_JSON in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
+                   for o in c.get("outputs", []))
+    assert n_plotly > 0, f"{path.name} stores no plotly figure (were its outputs rendered as HTML only?)"
+
+
+def test_render_check_catches_bad_outputs():
+    """The check above can fail: a CDN-loaded plotly output and a bare plotly JSON output are caught."""
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    cdn = new_output("display_data", data={"text/html": '<script src="https://cdn.plot.ly/plotly-2.min.js">'
+                                                         "</script><div>Plotly.newPlot(...)</div>"})
+    req = new_output("display_data", data={"text/html": "<script>require.config({paths: {plotly: "
+                                                        "'https://cdn.plot.ly/plotly-2'}});</script>"})
+    bare = new_output("display_data", data={PLOTLY_JSON: {"data": [], "layout": {}}})
+    good = new_output("display_data", data={PLOTLY_JSON: {"data": [], "layout": {}}, "image/png": "iVBOR"})
+    nb = new_notebook(cells=[new_code_cell("x", outputs=[cdn]), new_code_cell("y", outputs=[req, bare]),
+                             new_code_cell("z", outputs=[good])])
+    assert render_problems(nb) == [
+        "cell 0: text/html output loads a remote script",
+        "cell 0: plotly output without an image/png fallback",
+        "cell 1: text/html output loads a remote script",
+        "cell 1: plotly output without an image/png fallback",
+    ]
 
 
 @pytest.mark.embedded
