@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -167,20 +166,6 @@ class Steerer(nn.Module):
         if isinstance(record, dict):
             record = TrainingRecord.from_dict(record)
         self.cfg.training = record
-
-    @property
-    def extra(self) -> dict:
-        """Deprecated: the provenance is in :attr:`cfg` (``cfg.training``, ``cfg.seed``...)."""
-        warnings.warn("Steerer.extra is deprecated: read steerer.cfg (a SteererConfig)",
-                      DeprecationWarning, stacklevel=2)
-        return {}
-
-    @extra.setter
-    def extra(self, value: dict) -> None:
-        warnings.warn("Steerer.extra is deprecated: use steerer.record_training()",
-                      DeprecationWarning, stacklevel=2)
-        if "train" in value:
-            self.record_training(value["train"])
 
     # -- hooks -----------------------------------------------------------
     def check_model(self, model) -> None:
