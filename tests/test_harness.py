@@ -113,7 +113,7 @@ def test_methods_and_paths_are_checked(tmp_path):
     with pytest.raises(ValueError, match="unknown method"):
         harness.parse_methods("clas,nope")
     assert harness.parse_methods("lora, clas") == ["clas", "lora"]
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=r"missing\.csv: no such file or folder"):
         harness.find_csvs([tmp_path / "missing.csv"])
 
 
@@ -129,7 +129,7 @@ def test_report_formats_rows_without_a_model():
 def test_cli_bench_help_exits_zero(capsys):
     from clas_lens.cli import main
 
-    with pytest.raises(SystemExit) as exc:
+    with pytest.raises(SystemExit, match="^0$") as exc:
         main(["bench", "--help"])
     assert exc.value.code == 0
     assert "--gen-rows" in capsys.readouterr().out

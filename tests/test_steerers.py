@@ -129,10 +129,10 @@ def test_lora_matches_hand_update(tiny):
 
 def test_hooks_removed_after_exception_and_same_steerer_not_reapplied(tiny):
     st = cl.CLASSteerer(random_directions(tiny))
-    with pytest.raises(ZeroDivisionError):
+    with pytest.raises(ZeroDivisionError, match="inside apply"):
         with st.apply(tiny):
             assert n_hooks(tiny) == tiny.cfg.n_layers
-            raise ZeroDivisionError
+            raise ZeroDivisionError("inside apply")
     assert n_hooks(tiny) == 0
     with st.apply(tiny):
         with pytest.raises(RuntimeError, match="already applied"):
@@ -183,7 +183,7 @@ def test_load_onto_mismatched_model_refused(tiny, tiny_other, tmp_path):
     st.save(tmp_path / "s")
     with pytest.raises(cl.ArtifactError, match="n_layers|model_name|d_model"):
         cl.load_steerer(tmp_path / "s", model=tiny_other)
-    with pytest.raises(cl.ArtifactError):
+    with pytest.raises(cl.ArtifactError, match="made for a model with"):
         with st.apply(tiny_other):
             pass
     assert n_hooks(tiny_other) == 0
