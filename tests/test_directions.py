@@ -78,6 +78,10 @@ def test_fit_directions_artifact_round_trip(tiny, contrast, tmp_path):
     back = cl.load_directions(tmp_path / "d", model=tiny)
     assert torch.equal(back.vectors, d.vectors) and torch.equal(back.accuracy, d.accuracy)
     assert back.method == "mean_diff" and back.layers == d.layers
+    # the fit settings are typed provenance, saved and read back
+    assert d.fit.position == "last" and d.fit.seed == 0 and d.fit.holdout == 0.25
+    assert d.fit.n_fit + d.fit.n_heldout == len(contrast) and d.fit.n_heldout > 0
+    assert back.fit == d.fit and back.cfg == d.cfg and back.cfg.concept == contrast.name
 
 
 def test_fit_directions_is_deterministic(tiny, contrast):
@@ -98,3 +102,12 @@ def test_fit_directions_bad_inputs(tiny, contrast):
 def test_directions_reject_nan():
     with pytest.raises(ValueError, match="NaN"):
         cl.Directions(torch.full((1, 4), float("nan")), torch.ones(1), [0], "x", "m", 1, 4)
+
+
+def test_directions_accept_fit_settings_as_a_dict_and_refuse_unknown_ones():
+    fit = {"position": "mean", "seed": 3, "holdout": 0.5, "n_fit": 4, "n_heldout": 4}
+    d = cl.Directions(torch.ones(1, 4), torch.ones(1), [0], "x", "m", 1, 4, "c", fit)
+    assert d.fit.position == "mean" and d.fit.truncate is False
+    assert cl.Directions(torch.ones(1, 4), torch.ones(1), [0], "x", "m", 1, 4, "c", {}).fit is None
+    with pytest.raises(cl.ArtifactError, match=r"probe fit settings: unknown key\(s\) \['colour'\]"):
+        cl.Directions(torch.ones(1, 4), torch.ones(1), [0], "x", "m", 1, 4, "c", {**fit, "colour": 1})
