@@ -131,6 +131,11 @@ def test_strength_heatmap_special_override_and_vmax():
     with pytest.raises(ValueError, match="special has shape"):
         plot.strength_heatmap(r, 0, special=[True, False])
     assert heat(plot.strength_heatmap(r, 0, vmax=5.0)).zmax == 5.0
+    top = float(r.strengths[0, SYSTEM_TURN:21].abs().max())
+    assert heat(plot.strength_heatmap(r, 0, quantile=None)).zmax == pytest.approx(top)
+    inside = np.concatenate([r.strengths[0, SYSTEM_TURN:21, 0].numpy(), r.strengths[1, 1:8, 0].numpy()])
+    q50 = float(np.quantile(np.abs(inside), 0.5))
+    assert heat(plot.prompts_heatmap(r, 2, quantile=0.5)).zmax == pytest.approx(q50) and q50 < top
     r.strengths = torch.zeros_like(r.strengths)
     h = heat(plot.strength_heatmap(r, 0))
     assert math.isfinite(h.zmax) and h.zmax > 0 and h.zmin == -h.zmax

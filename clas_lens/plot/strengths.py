@@ -46,6 +46,7 @@ from clas_lens.plot.common import (
     two_slope_norm,
 )
 from clas_lens.plot.tokens import (
+    ROBUST_QUANTILE,
     colour_limit,
     example_matrix,
     layer_columns,
@@ -94,8 +95,8 @@ def _grey_overlay_mpl(ax, z, grey, **kw):
 # --------------------------------------------------------------------------- tokens x layers
 def strength_heatmap(result, index: int = 0, *, layers: Sequence[int] | None = None,
                      title: str | None = None, which: str = "strengths",
-                     vmax: float | None = None, include_special: bool = False, special=None,
-                     backend: str = "plotly", ax=None):
+                     vmax: float | None = None, quantile: float | None = ROBUST_QUANTILE,
+                     include_special: bool = False, special=None, backend: str = "plotly", ax=None):
     """Tokens x layers heatmap of one example's steering strengths.
 
     Args:
@@ -104,7 +105,8 @@ def strength_heatmap(result, index: int = 0, *, layers: Sequence[int] | None = N
         layers: subset of the steered layers (default: all).
         title: figure title (default: the prompt).
         which: ``"strengths"`` (alpha) or ``"projections"`` (h.v).
-        vmax: colour limit (default: 99th percentile of ``|value|`` outside the grey cells).
+        vmax: colour limit (default: the ``quantile`` of ``|value|`` outside the grey cells).
+        quantile: quantile of ``|value|`` that sets the limit (``None``: the maximum).
         include_special: colour position 0 and the system turn and count them in the limit.
         special: ``[pos]`` booleans of the positions to grey (default:
             :func:`~clas_lens.plot.tokens.special_positions` of the example's tokens).
@@ -117,7 +119,7 @@ def strength_heatmap(result, index: int = 0, *, layers: Sequence[int] | None = N
     ex = example_matrix(result, index, layers=layers, which=which)
     grey = _grey_mask(ex["special"], special, include_special)
     z = ex["values"].T  # [layer, pos]
-    vmax = colour_limit(z, grey) if vmax is None else float(vmax)
+    vmax = colour_limit(z, grey, quantile=quantile) if vmax is None else float(vmax)
     prompt = result.prompts[index] if getattr(result, "prompts", None) else ""
     if backend == "plotly":
         return _strength_heatmap_plotly(ex, z, grey, vmax, which,
@@ -236,8 +238,8 @@ def _short(s: str, n: int = 40) -> str:
 def prompts_heatmap(result, layer: int | None = None, *, which: str = "strengths",
                     generated_only: bool = False, max_tokens: int | None = None,
                     title: str | None = None, vmax: float | None = None,
-                    include_special: bool = False, annotate: bool | None = None,
-                    backend: str = "plotly", ax=None):
+                    quantile: float | None = ROBUST_QUANTILE, include_special: bool = False,
+                    annotate: bool | None = None, backend: str = "plotly", ax=None):
     """Prompts x tokens heatmap at one steered layer (``layer=None``: mean over the layers).
 
     Args:
@@ -247,7 +249,8 @@ def prompts_heatmap(result, layer: int | None = None, *, which: str = "strengths
         generated_only: only the continuation tokens (column 0 = first generated token).
         max_tokens: at most this many columns.
         title: figure title.
-        vmax: colour limit (default: 99th percentile of ``|value|`` outside the grey cells).
+        vmax: colour limit (default: the ``quantile`` of ``|value|`` outside the grey cells).
+        quantile: quantile of ``|value|`` that sets the limit (``None``: the maximum).
         include_special: colour position 0 and the system turn and count them in the limit.
         annotate: write the tokens in the cells (matplotlib; default: when the grid is
             small enough to read). Plotly shows them on hover.
@@ -260,7 +263,7 @@ def prompts_heatmap(result, layer: int | None = None, *, which: str = "strengths
     m = prompts_matrix(result, layer, which=which, generated_only=generated_only,
                        max_tokens=max_tokens)
     grey = np.zeros_like(m["special"]) if include_special else m["special"]
-    vmax = colour_limit(m["values"], grey) if vmax is None else float(vmax)
+    vmax = colour_limit(m["values"], grey, quantile=quantile) if vmax is None else float(vmax)
     title = title if title is not None else f"{which} per token ({m['where']})"
     if backend == "plotly":
         return _prompts_heatmap_plotly(m, grey, vmax, which, generated_only, title)

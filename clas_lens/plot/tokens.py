@@ -228,7 +228,7 @@ def _token_span(tok: str, pos: int, x: float, bg: str, fg: str, special: bool) -
 
 def token_html(result, index: int = 0, layer: int | None = None, *, which: str = "strengths",
                vmax: float | None = None, show_prompt: bool = True,
-               include_special: bool = False) -> str:
+               include_special: bool = False, quantile: float | None = ROBUST_QUANTILE) -> str:
     """The example's tokens as HTML, each shaded by its strength (blue < 0 < red).
 
     Args:
@@ -241,6 +241,7 @@ def token_html(result, index: int = 0, layer: int | None = None, *, which: str =
         show_prompt: include the prompt tokens (else only the continuation).
         include_special: colour position 0 and the system turn too (default: grey,
             left out of the colour limit).
+        quantile: quantile of ``|value|`` that sets the default limit (``None``: the maximum).
 
     Hovering a token shows its position and value. Returns an HTML string
     (see :func:`show_tokens` to display it in a notebook).
@@ -255,7 +256,7 @@ def token_html(result, index: int = 0, layer: int | None = None, *, which: str =
     start = 0 if show_prompt else p
     shown_vals = vals[start:]
     grey = np.zeros(len(shown_vals), dtype=bool) if include_special else ex["special"][start:]
-    vmax = colour_limit(shown_vals, grey) if vmax is None else float(vmax)
+    vmax = colour_limit(shown_vals, grey, quantile=quantile) if vmax is None else float(vmax)
     colours = token_colours(shown_vals, vmax)
     parts = []
     for k, (tok, x, (bg, fg)) in enumerate(zip(ex["tokens"][start:], shown_vals, colours)):
