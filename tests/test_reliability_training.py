@@ -191,7 +191,7 @@ def test_non_finite_valid_loss_is_reported(tiny, dirs):
     """A non-finite valid loss warns for each evaluation and is never selected: with every
     evaluation NaN, the steerer ends in its starting state and the best loss is NaN."""
     st = Poisoned(dirs, at=1, in_eval=True)
-    with pytest.warns(UserWarning, match=r"valid loss is nan after (epoch|step) 0") as caught:
+    with pytest.warns(UserWarning, match=r"valid loss is nan after (epoch|step) \d") as caught:
         hist = _train(tiny, st, epochs=2)
     assert sum("valid loss is nan" in str(w.message) for w in caught) == 3
     assert len(hist.steps) == 2 and hist.best_epoch == 0 and math.isnan(hist.best_valid_loss)
