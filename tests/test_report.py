@@ -134,23 +134,32 @@ def test_load_prompts_formats(tmp_path):
         load_prompts(tmp_path / "missing.txt")
 
 
-def test_cli_report_on_a_saved_run(tiny, tmp_path, monkeypatch, capsys):
-    """`clas-lens report RUN` loads the steerer, its directions and prompts.json, and writes the page."""
+def test_cli_train_then_report(tiny, tmp_path, monkeypatch, capsys):
+    """`clas-lens train` saves what `clas-lens report RUN` needs (steerer, directions, prompts.json)."""
     from clas_lens import cli
     from clas_lens import model as model_mod
 
-    dirs = random_directions(tiny)
-    steerer = randomize(cl.CLASSteerer(dirs), scale=0.3)
-    run = tmp_path / "run"
-    steerer.save(run)
-    dirs.save(run / "directions")
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    words = ["cats", "dogs", "rain", "Paris", "music", "cake"]
+    (folder / "contrast.jsonl").write_text("".join(
+        json.dumps({"prompt": f"Describe {w}{end}", "label": y}) + "\n"
+        for w in words for end, y in ((".", 0), (" cheerfully!", 1))))
+    (folder / "pairs.jsonl").write_text("".join(
+        json.dumps({"prompt": f"Tell me about {w}", "completion": "Wonderful!", "split": split}) + "\n"
+        for w, split in zip(words, ["train", "train", "valid", "test", "test"])))
+    monkeypatch.setattr(cl, "load_model", lambda name=None, **kw: tiny)
     monkeypatch.setattr(model_mod, "load_model", lambda name=None, **kw: tiny)
-    out = tmp_path / "r.html"
+    run, out = tmp_path / "run", tmp_path / "r.html"
+    assert cli.main(["train", str(folder), "--out", str(run), "--epochs", "0", "--method", "mean_diff"]) == 0
+    saved = json.loads((run / "prompts.json").read_text())
+    assert saved == {"prompts": ["Tell me about Paris", "Tell me about music"],
+                     "pairs": [["Tell me about rain", "Wonderful!"]]}
+    assert cli.main(["report", str(run), "--out", str(out), "--n-prompts", "1", "--max-new-tokens", "3"]) == 0
+    html = out.read_text()
+    assert [ex["prompt"] for ex in page_data(html)["examples"]] == ["Tell me about Paris"]
+    assert "Dose-response" in html and "mean_diff on toy" in html  # pairs and directions were found
+    (run / "prompts.json").unlink()
+    capsys.readouterr()
     assert cli.main(["report", str(run), "--out", str(out)]) == 1
-    assert "--prompts" in capsys.readouterr().err  # no prompts.json: the error names the way out
-    (run / "prompts.json").write_text(json.dumps({"prompts": ["Hi there", "Bye"], "pairs": [list(PAIRS[0])]}))
-    assert cli.main(["report", str(run), "--out", str(out), "--n-prompts", "1",
-                     "--max-new-tokens", "3"]) == 0
-    data = page_data(out.read_text())
-    assert [ex["prompt"] for ex in data["examples"]] == ["Hi there"]
-    assert "Dose-response" in out.read_text() and "held-out accuracy" in out.read_text()
+    assert "--prompts" in capsys.readouterr().err  # no prompts: the error names the way out

@@ -225,12 +225,15 @@ def report(model, steerer, prompts: Sequence[str], *, out: str | os.PathLike | N
                          f"Both steerers teacher-forced on the {steerer.kind.upper()}-steered answers.",
                          [_fig(strengths_beside(an.compare_strengths(ta, tb),
                                                 (steerer.kind.upper(), name)))]))
-    sim = [_fig(plot.cosine_plot(an.readout_alignment(steerer)))]
+    note = ("cos(w_l, v_l): does the steerer read the concept it writes? Grey: the band of random unit "
+            "vectors. Then the layer x layer cosine of the directions.")
+    try:
+        sim = [_fig(plot.cosine_plot(an.readout_alignment(steerer)))]
+    except ValueError as err:  # e.g. an untrained steerer: w = 0
+        sim, note = [], f"cos(w_l, v_l) is not drawn: {err}. The layer x layer cosine of the directions:"
     if directions is not None:
         sim.append(_fig(plot.similarity_matrix_plot(an.layer_similarity_matrix(directions))))
-    sections.append(("Similarity, with null bands",
-                     "cos(w_l, v_l): does the steerer read the concept it writes? Grey: the band of "
-                     "random unit vectors. Then the layer x layer cosine of the directions.", sim))
+    sections.append(("Similarity, with null bands", note, sim))
     if pairs:
         d = an.dose_response(model, steerer, pairs, scales=scales)
         note = f"Completion NLL of {len(pairs)} pairs as alpha is scaled (0: unsteered, 1: as trained)."
