@@ -37,8 +37,8 @@ def run_demo(concept: str = "data/positive", out: str = "figures", *, epochs: in
         n_show: held-out prompts to answer.
         seed: seed of the split and the training.
         model: a loaded model (default: the embedded one).
-        report: also train a layerwise LAS steerer to compare with and write ``demo_report.html``
-            (:func:`clas_lens.report` on 3 held-out prompts, 24 new tokens).
+        report: also train a layerwise LAS steerer (at most 4 epochs) to compare with and write
+            ``demo_report.html`` (:func:`clas_lens.report` on 3 held-out prompts, 24 new tokens).
 
     Returns:
         A dict with the directions, steerer, history and both generation results.
@@ -82,7 +82,7 @@ def run_demo(concept: str = "data/positive", out: str = "figures", *, epochs: in
     if report:
         print("\nThe report: layerwise LAS to compare with, attribution of every answer token ...")
         las = cl.LayerwiseLASSteerer(dirs)
-        cl.train(model, las, steer.train, steer.valid, epochs=4, seed=seed, progress=False)
+        cl.train(model, las, steer.train, steer.valid, epochs=min(epochs, 4), seed=seed, progress=False)
         cl.report(model, steerer, prompts[:3], out=out_dir / "demo_report.html", directions=dirs,
                   pairs=steer.valid.pairs, other=las, other_name="layerwise LAS", max_new_tokens=24)
         print(f"Wrote {out_dir / 'demo_report.html'} (open it in a browser; it needs no network)")
