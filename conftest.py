@@ -40,8 +40,8 @@ def doctest_objects(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(autouse=True)
-def _doctest_names(request, doctest_namespace, tmp_path):
+def _doctest_names(request, doctest_namespace):
     """Fill the doctest namespace, for doctests only (ordinary tests do not build the model)."""
     if isinstance(request.node, pytest.DoctestItem):
         doctest_namespace.update(request.getfixturevalue("doctest_objects"))
-        doctest_namespace["tmp"] = tmp_path
+        doctest_namespace["tmp"] = request.getfixturevalue("tmp_path")
