@@ -396,8 +396,8 @@ class SteerSet:
 
         Label 1 is each prompt with its target completion, label 0 the same prompt with
         the answer the model gave (``answers``, one per pair of ``splits``, in order; an
-        empty answer is allowed); activations are read over the completion. Greedy answers of the unsteered model
-        come from :func:`clas_lens.contrast.response_contrast`, which calls this.
+        empty answer is allowed); activations are read over the completion. Greedy answers
+        of the unsteered model come from :func:`clas_lens.contrast.response_contrast`, which calls this.
         """
         if isinstance(answers, str):
             raise DataError("response_contrast: answers must be a list of strings, not one string")
