@@ -84,15 +84,20 @@ def _cmd_train(args) -> int:
         contrast, steer = load_concept(src)
     elif src.suffix.lower() == ".csv":
         steer = cl.SteerSet.from_reference_csv(src)
-        contrast = steer.contrast_set()
+        contrast = None  # template or response contrast, chosen once the model is loaded
     else:
         raise cl.DataError(f"{src}: expected a data/<concept> folder or a reference-format CSV")
     model = cl.load_model(args.model)
+    if contrast is None:
+        from clas_lens.contrast import choose_contrast
+
+        contrast = choose_contrast(model, steer)
     dirs = cl.fit_directions(model, contrast, method=args.method, layers=args.layers,
                              seed=args.seed)
     steerer = cl.CLASSteerer(dirs)
     # train() records its settings, seed and best epoch in steerer.cfg.training (saved in cfg.json)
-    hist = cl.train(model, steerer, steer.train, steer.valid, epochs=args.epochs, seed=args.seed)
+    hist = cl.train(model, steerer, steer.train, steer.valid, epochs=args.epochs, seed=args.seed,
+                    protocol=args.protocol)
     steerer.save(args.out)
     dirs.save(Path(args.out) / "directions")
     # what `clas-lens report RUN` answers and scales: held-out prompts and the valid pairs
@@ -119,7 +124,7 @@ def _cmd_bench(args) -> int:
         return 2
     run_benchmarks(paths, out=args.out, quick=args.quick, methods=args.methods,
                    direction_method=args.direction_method, gen_rows=args.gen_rows,
-                   max_new_tokens=args.max_new_tokens)
+                   max_new_tokens=args.max_new_tokens, protocol=args.protocol)
     return 0
 
 
@@ -163,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated layers (default: all)")
     t.add_argument("--epochs", type=_int_at_least(0), default=8)
     t.add_argument("--seed", type=_int_at_least(0), default=0)
+    t.add_argument("--protocol", choices=("clas_lens", "reference"), default="clas_lens",
+                   help="training protocol (reference: end-of-turn only where the target "
+                        "carries the marker, gradient norm clipped at 1.0, valid loss at steps "
+                        "0, 2, 4, ...)")
     t.set_defaults(fn=_cmd_train, _parser=t)
 
     b = sub.add_parser("bench", help="score steering methods on reference-format benchmarks",
@@ -177,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--gen-rows", type=_int_at_least(1), default=None,
                    help="test rows to generate for")
     b.add_argument("--max-new-tokens", type=_int_at_least(1), default=None)
+    b.add_argument("--protocol", choices=("clas_lens", "reference"), default="clas_lens",
+                   help="training protocol (reference: targets not capped, end-of-turn only "
+                        "where the target carries the marker, gradient norm clipped at 1.0, "
+                        "valid loss at steps 0, 2, 4, ...)")
     b.set_defaults(fn=_cmd_bench, _parser=b)
 
     r = sub.add_parser("report", help="write one self-contained HTML page about a saved steerer",

@@ -54,4 +54,21 @@ def response_contrast(model, steer: SteerSet, splits: Sequence[str] = ("train", 
     return steer.response_contrast(answers, splits)
 
 
-__all__ = ["response_contrast"]
+def choose_contrast(model, steer: SteerSet, splits: Sequence[str] = ("train", "valid"), *,
+                    max_new_tokens: int = 64, progress: bool = True) -> ContrastSet:
+    """The template contrast where the base and steer templates differ, else a response contrast.
+
+    Args:
+        model: a ``TransformerBridge`` (used only for a response contrast).
+        steer: pairs read from a reference CSV (they carry the templates).
+        splits: the splits used (never test by default).
+        max_new_tokens: length of the model's answers in a response contrast.
+        progress: show a progress bar while generating.
+    """
+    if steer.templates_differ(splits):
+        return steer.contrast_set(splits)
+    return response_contrast(model, steer, splits, max_new_tokens=max_new_tokens,
+                             progress=progress)
+
+
+__all__ = ["choose_contrast", "response_contrast"]

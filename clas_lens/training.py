@@ -32,7 +32,14 @@ import torch
 from tqdm.auto import tqdm
 
 from clas_lens.data import SteerSet
-from clas_lens.losses import as_pairs, check_end_of_turn, completion_nll, encode_pairs, nll_sums
+from clas_lens.losses import (
+    as_pairs,
+    check_end_of_turn,
+    completion_nll,
+    encode_pairs,
+    micro_batches,
+    nll_sums,
+)
 from clas_lens.model import model_device, pad_id
 from clas_lens.steerers import LASSteerer, Steerer
 
@@ -207,7 +214,7 @@ def _optimizer_step(model, steerer: Steerer, opt, batch, *, micro_batch_size, mi
     opt.zero_grad(set_to_none=True)
     total = 0.0
     with steerer.apply(model):
-        for micro in _micro_batches(batch, micro_batch_size, micro_batch_tokens):
+        for micro in micro_batches(batch, micro_batch_size, micro_batch_tokens):
             sums, _ = nll_sums(model, micro, pad, device)
             loss = sums.sum() / n_tok
             loss.backward()
@@ -356,23 +363,6 @@ def train(
     return hist
 
 
-def _micro_batches(batch, size: int | None, tokens: int):
-    """Split a batch into micro-batches: ``size`` pairs each, or by padded-token budget."""
-    if size is not None:
-        return [batch[m:m + size] for m in range(0, len(batch), size)]
-    out, cur, width = [], [], 0
-    for item in batch:
-        w = max(width, len(item[0]))
-        if cur and w * (len(cur) + 1) > tokens:
-            out.append(cur)
-            cur, w = [], len(item[0])
-        cur.append(item)
-        width = w
-    if cur:
-        out.append(cur)
-    return out
-
-
 def las_grid(model, steerer: LASSteerer, pairs, n: int = 20) -> list[float]:
     """Scale-aware grid for LAS: ``n`` evenly spaced values from 0 to ``4 |h| / L``.
 
@@ -392,11 +382,11 @@ def las_grid(model, steerer: LASSteerer, pairs, n: int = 20) -> list[float]:
 
 def grid_search_las(model, steerer: LASSteerer, pairs, grid: Sequence[float] | None = None, *,
                     batch_size: int = 8, progress: bool = True,
-                    max_completion_tokens: int | None = None) -> dict:
+                    max_completion_tokens: int | None = None, end_of_turn: str = "always") -> dict:
     """Choose LAS's single coefficient by completion NLL on ``pairs`` (sets it in place).
 
-    ``max_completion_tokens`` caps the targets as :func:`train` does, so the search
-    scores the same tokens the trained methods see.
+    ``max_completion_tokens`` and ``end_of_turn`` shape the targets as in :func:`train`,
+    so the search scores the same tokens the trained methods see.
 
     Returns:
         ``{"grid": [...], "nll": [...], "best": c}``.
@@ -411,7 +401,8 @@ def grid_search_las(model, steerer: LASSteerer, pairs, grid: Sequence[float] | N
     for c in tqdm(grid, desc="LAS grid", disable=not progress):
         steerer.set(c)
         scores.append(completion_nll(model, steerer, pairs, batch_size=batch_size,
-                                     max_completion_tokens=max_completion_tokens))
+                                     max_completion_tokens=max_completion_tokens,
+                                     end_of_turn=end_of_turn))
     best = grid[min(range(len(grid)), key=lambda i: scores[i] if math.isfinite(scores[i]) else 1e30)]
     steerer.set(best)
     return {"grid": grid, "nll": scores, "best": best}

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+import clas_lens as cl
 from clas_lens.bench import harness, report
 
 COLUMNS = ["id", "x", "y", "base_template", "steer_template", "base_input", "base_label",
@@ -15,9 +16,9 @@ COLUMNS = ["id", "x", "y", "base_template", "steer_template", "base_input", "bas
 WORDS = ["cats", "dogs", "rain", "Paris", "hello", "wonderful", "weekend", "morning"]
 
 
-def write_reference_csv(path, n=24):
+def write_reference_csv(path, n=24, base="Tell me about {prompt}.",
+                        steer="Tell me about {prompt}, cheerfully!"):
     """A reference-format CSV with ``n`` short hand-written rows (splits 10/10/rest)."""
-    base, steer = "Tell me about {prompt}.", "Tell me about {prompt}, cheerfully!"
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=COLUMNS)
         w.writeheader()
@@ -25,7 +26,8 @@ def write_reference_csv(path, n=24):
             word = WORDS[i % len(WORDS)] + ("" if i < len(WORDS) else f" {i}")
             w.writerow({
                 "id": 100 + i, "x": base.replace("{prompt}", word),
-                "y": f"Sure, here is something wonderful about {word}!<|eot_id|>",
+                "y": f"Sure, here is something wonderful about {word}!"
+                     + ("<|eot_id|>" if i % 2 else ""),
                 "base_template": base, "steer_template": steer, "base_input": word,
                 "base_label": "", "label_score": "1", "label_accuracy": "1",
                 "label_instructions_template": "Judge it.", "label_prompt_template": "{prompt}",
@@ -151,3 +153,39 @@ def test_rerun_with_all_test_rows_skips_finished_cells(tiny, tmp_path, monkeypat
     assert calls == []
     assert (out / "benchmarks.csv").read_text() == before
     assert [r["test_nll"] for r in again] == [r["test_nll"] for r in first]
+
+
+def test_identical_templates_get_response_directions_and_the_reference_protocol(tiny, tmp_path):
+    """Base and steer templates both ``{prompt}``: the directions come from a response
+    contrast, recorded in the ``contrast`` column; the protocol is recorded and applied."""
+    same = write_reference_csv(tmp_path / "JailbreakBench_SteerDataset.csv", base="{prompt}",
+                               steer="{prompt}")
+    out = tmp_path / "r"
+    kw = dict(out=out, model=tiny, progress=False, methods="base_prompt,clas", quick=True,
+              n_test=2, gen_rows=1, max_new_tokens=3, figure="")
+    rows = harness.run_benchmarks([same], protocol="reference", **kw)
+    by = {r["method"]: r for r in rows}
+    assert by["clas"]["contrast"] == "response" and by["base_prompt"]["contrast"] is None
+    assert {r["protocol"] for r in rows} == {"reference"}
+    assert all(r["max_completion_tokens"] is None for r in rows)  # not capped
+    steer = cl.SteerSet.from_reference_csv(same)
+    test = [(p, c + ("<|eot_id|>" if m else "")) for p, c, m in
+            zip(steer.test.prompts, steer.test.completions, steer.test.end_of_turn_marks())][:2]
+    assert by["base_prompt"]["test_nll"] == pytest.approx(
+        cl.completion_nll(tiny, None, test, end_of_turn="marker"), rel=1e-5)
+    assert by["base_prompt"]["test_nll"] != pytest.approx(
+        cl.completion_nll(tiny, None, test), rel=1e-5)
+    # the default protocol is another setting: its cells are run, not taken from the above
+    again = harness.run_benchmarks([same], **kw)
+    assert {r["protocol"] for r in again} == {"clas_lens"}
+    assert {r["max_completion_tokens"] for r in again} == {32}
+    saved = harness.read_results(out / "benchmarks.csv")
+    assert [r["protocol"] for r in saved] == ["clas_lens", "clas_lens"]
+
+
+def test_template_directions_are_recorded(bench_run):
+    _, _, out, _, _ = bench_run
+    by = {r["method"]: r for r in harness.read_results(out / "benchmarks.csv")}
+    assert [by[m]["contrast"] for m in harness.STEERING_METHODS] == [
+        None, None, "template", "template", "template", None, None]
+    assert {r["protocol"] for r in by.values()} == {"clas_lens"}
