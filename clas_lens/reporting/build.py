@@ -126,7 +126,9 @@ def _provenance(steerer, directions, other, settings: dict) -> list[tuple[str, s
 
 
 def _fig(fig) -> str:
-    return fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False})
+    fig.update_layout(width=None, autosize=True)  # as wide as the page, however many tokens
+    return fig.to_html(full_html=False, include_plotlyjs=False,
+                       config={"displaylogo": False, "responsive": True})
 
 
 def report(model, steerer, prompts: Sequence[str], *, out: str | os.PathLike | None = None,
