@@ -74,11 +74,11 @@ def test_killed_conversion_leaves_no_trusted_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("CLAS_LENS_CACHE", str(tmp_path))
 
     def boom(*a, **k):
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt("killed during conversion")
 
     from transformers import AutoModelForCausalLM
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", boom)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="killed during conversion"):
         cl.load_model()
     assert list(tmp_path.iterdir()) == []  # the temporary folder was removed, nothing trusted
 

@@ -81,11 +81,11 @@ def test_interrupt_while_writing_weights_keeps_previous_artifact(tiny, saved, mo
     listing = sorted(p.name for p in folder.iterdir())
 
     def boom(fd):
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt("killed during fsync")
 
     monkeypatch.setattr(io.os, "fsync", boom)
     new = randomize(cl.CLASSteerer(random_directions(tiny, seed=41)), seed=7)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="killed during fsync"):
         new.save(folder)
     monkeypatch.undo()
     assert sorted(p.name for p in folder.iterdir()) == listing  # temp file removed
@@ -96,7 +96,7 @@ def test_directions_save_is_atomic_too(tiny, tmp_path, monkeypatch):
     d = random_directions(tiny, seed=3)
     d.save(tmp_path / "d")
     monkeypatch.setattr(io.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("crash")))
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="crash"):
         random_directions(tiny, seed=4).save(tmp_path / "d")
     monkeypatch.undo()
     assert torch.equal(cl.load_directions(tmp_path / "d", model=tiny).vectors, d.vectors)
