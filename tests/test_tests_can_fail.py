@@ -11,6 +11,9 @@ this check when its body holds one of:
 * a call to a function named ``assert_*`` (``torch.testing.assert_close`` ...);
 * a call to a helper defined in a tests/ module (the same module first, then any other, e.g.
   ``conftest``; ``self.helper()`` in a test class) that itself passes this check.
+
+A second check: every ``pytest.raises`` and ``pytest.warns`` names the message it expects
+(``match=``), except the call form ``pytest.raises(Error, function, *args)``.
 """
 
 from __future__ import annotations
@@ -127,12 +130,41 @@ def find_tests_that_cannot_fail(sources: dict[str, str]) -> list[str]:
     return [f"{module}::{name}" for module, name, fn in index.tests() if not index.can_fail(module, fn)]
 
 
-def test_every_test_in_the_tests_folder_can_fail():
+def find_expectations_without_match(sources: dict[str, str]) -> list[str]:
+    """``module:line`` of each ``pytest.raises``/``pytest.warns`` context without ``match=``.
+
+    Args:
+        sources: file name to Python source.
+
+    Returns:
+        The offending calls, in file order.
+    """
+    out = []
+    for module, src in sources.items():
+        for node in ast.walk(ast.parse(src, filename=module)):
+            if isinstance(node, ast.Call) and _called_name(node) in {("pytest", "raises"),
+                                                                      ("pytest", "warns")}:
+                called_form = len(node.args) > 1  # pytest.raises(Error, function, *args)
+                if not called_form and not any(k.arg == "match" for k in node.keywords):
+                    out.append(f"{module}:{node.lineno}")
+    return sorted(out, key=lambda s: (s.split(":")[0], int(s.split(":")[1])))
+
+
+def _tests_folder() -> dict[str, str]:
     sources = {p.relative_to(TESTS).as_posix(): p.read_text(encoding="utf-8")
                for p in sorted(TESTS.rglob("*.py")) if "__pycache__" not in p.parts}
     assert "conftest.py" in sources and len(sources) > 10
-    bad = find_tests_that_cannot_fail(sources)
+    return sources
+
+
+def test_every_test_in_the_tests_folder_can_fail():
+    bad = find_tests_that_cannot_fail(_tests_folder())
     assert bad == [], "tests that assert nothing:\n" + "\n".join(bad)
+
+
+def test_every_expected_exception_names_its_message():
+    bad = find_expectations_without_match(_tests_folder())
+    assert bad == [], "pytest.raises/warns without match=:\n" + "\n".join(bad)
 
 
 HELPERS = '''
@@ -227,3 +259,19 @@ def test_the_walker_flags_tests_that_assert_nothing():
         "test_flagged.py::test_recursion_without_assert",
         "test_flagged.py::test_asserts_only_what_cannot_fail",
     ]
+
+
+def test_the_walker_flags_expectations_without_match():
+    src = """
+import pytest
+
+def test_it():
+    with pytest.raises(ValueError):
+        int("x")
+    with pytest.raises(ValueError, match="invalid"):
+        int("x")
+    pytest.raises(ValueError, int, "x")
+    with pytest.warns(UserWarning):
+        pass
+"""
+    assert find_expectations_without_match({"t.py": src}) == ["t.py:5", "t.py:10"]
