@@ -179,15 +179,32 @@ def layer_sweep_las(model, directions: Directions, pairs, coefficients: Sequence
                                                   "n_tokens": n_tok})
 
 
-def _train_one(model, directions, layers, train_pairs, valid_pairs, **train_kw):
+def train_at_layers(model, directions, layers, train_pairs, valid_pairs, train_kw: dict
+                    ) -> tuple[float, int]:
+    """Train ``CLASSteerer(directions, layers)``; ``(best valid NLL, best epoch)`` (a sweep job)."""
     steerer = CLASSteerer(directions, layers=layers)
     hist = train(model, steerer, train_pairs, valid_pairs, progress=False, **train_kw)
-    return hist.best_valid_loss, hist
+    return hist.best_valid_loss, hist.best_epoch
+
+
+def _train_each(model, directions, layer_sets, train_pairs, valid_pairs, train_kw, workers,
+                ray_address, load) -> list[tuple[float, int]]:
+    """:func:`train_at_layers` for each layer set, here or on ``workers`` Ray actors."""
+    args = [(directions, list(ls), train_pairs, valid_pairs, train_kw) for ls in layer_sets]
+    if workers == 1 and ray_address is None:
+        return [train_at_layers(model, *a) for a in args]
+    import functools
+
+    from clas_lens.model import load_model
+    from clas_lens.parallel import check_workers, run_map
+
+    load = load or functools.partial(load_model, str(model.cfg.model_name))
+    return run_map(load, train_at_layers, args, workers=check_workers(workers), address=ray_address)
 
 
 def layer_sweep_clas(model, directions: Directions, train_pairs, valid_pairs,
-                     layers: Sequence[int] | None = None, *, epochs: int = 8, **train_kw
-                     ) -> SweepResult:
+                     layers: Sequence[int] | None = None, *, epochs: int = 8, workers: int = 1,
+                     ray_address: str | None = None, load=None, **train_kw) -> SweepResult:
     """Train a CLAS steerer at ONE layer at a time (``CLASSteerer(dirs, layers=[l])``).
 
     Args:
@@ -196,6 +213,11 @@ def layer_sweep_clas(model, directions: Directions, train_pairs, valid_pairs,
         train_pairs, valid_pairs: pairs to train on and to score (best valid NLL).
         layers: layers to sweep (default: all the directions cover).
         epochs: training epochs per layer.
+        workers: train the layers on this many Ray actors (each loads the model once;
+            see :mod:`clas_lens.parallel`); 1 trains them here, one after the other.
+        ray_address: an existing Ray cluster to run on.
+        load: picklable loader of the model for the actors (default: ``load_model`` of
+            the model's name).
         **train_kw: passed to :func:`~clas_lens.training.train` (``lr``, ``seed``, ...).
 
     Returns:
@@ -204,21 +226,21 @@ def layer_sweep_clas(model, directions: Directions, train_pairs, valid_pairs,
     """
     layers = check_layers(model, directions.layers if layers is None else layers)
     t0 = time.perf_counter()
-    nll, epochs_kept = [], []
-    for l in layers:
-        loss, hist = _train_one(model, directions, [l], train_pairs, valid_pairs, epochs=epochs,
-                                **train_kw)
-        nll.append(loss)
-        epochs_kept.append(hist.best_epoch)
+    done = _train_each(model, directions, [[l] for l in layers], train_pairs, valid_pairs,
+                       {"epochs": epochs, **train_kw}, workers, ray_address, load)
+    nll, epochs_kept = [d[0] for d in done], [d[1] for d in done]
     base = completion_nll(model, None, valid_pairs)
     return SweepResult(layers, torch.tensor(nll), base, None, "clas", time.perf_counter() - t0,
                        {"best_epoch": epochs_kept, "epochs": epochs})
 
 
 def cumulative_sweep_clas(model, directions: Directions, train_pairs, valid_pairs,
-                          ks: Sequence[int] | None = None, *, epochs: int = 8, **train_kw
-                          ) -> SweepResult:
+                          ks: Sequence[int] | None = None, *, epochs: int = 8, workers: int = 1,
+                          ray_address: str | None = None, load=None, **train_kw) -> SweepResult:
     """Train CLAS on the first ``k`` layers of ``directions`` for each ``k`` in ``ks``.
+
+    ``workers``, ``ray_address`` and ``load`` spread the trainings over Ray actors as in
+    :func:`layer_sweep_clas`.
 
     Returns:
         A :class:`SweepResult` whose ``layers`` are the values of ``k`` and ``nll [k]``.
@@ -228,12 +250,13 @@ def cumulative_sweep_clas(model, directions: Directions, train_pairs, valid_pair
     if not ks or any(not 1 <= k <= n for k in ks):
         raise ValueError(f"ks must lie in 1..{n}, got {ks}")
     t0 = time.perf_counter()
-    nll = [_train_one(model, directions, directions.layers[:k], train_pairs, valid_pairs,
-                      epochs=epochs, **train_kw)[0] for k in ks]
+    done = _train_each(model, directions, [directions.layers[:k] for k in ks], train_pairs,
+                       valid_pairs, {"epochs": epochs, **train_kw}, workers, ray_address, load)
+    nll = [d[0] for d in done]
     base = completion_nll(model, None, valid_pairs)
     return SweepResult(ks, torch.tensor(nll), base, None, "clas_cumulative",
                        time.perf_counter() - t0, {"epochs": epochs})
 
 
 __all__ = ["SweepResult", "check_coefficients", "cumulative_sweep_clas", "layer_sweep_clas",
-           "layer_sweep_las"]
+           "layer_sweep_las", "train_at_layers"]
