@@ -141,6 +141,19 @@ def test_strength_heatmap_special_override_and_vmax():
     assert math.isfinite(h.zmax) and h.zmax > 0 and h.zmin == -h.zmax
 
 
+def test_strength_heatmap_hide_special():
+    r = fake_result()
+    fig = plot.strength_heatmap(r, 0, hide_special=True)
+    assert len(fig.data) == 1 and list(fig.data[0].x) == list(range(SYSTEM_TURN, 21))
+    np.testing.assert_allclose(np.asarray(fig.data[0].z), r.strengths[0, SYSTEM_TURN:21].numpy().T)
+    assert fig.layout.xaxis.ticktext[0] == "&lt;|im_start|&gt;" and fig.layout.shapes[0].x0 == 16.5
+    ax = plot.strength_heatmap(r, 0, hide_special=True, backend="matplotlib").axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()][:2] == ["<|im_start|>", "user"]
+    assert any(abs(line.get_xdata()[0] - (16.5 - SYSTEM_TURN)) < 1e-9 for line in ax.get_lines())
+    assert "first 7 tokens" in ax.get_xlabel()
+    assert len(plot.strength_heatmap(r, 1, hide_special=True).data[0].x) == 7  # position 0 only
+
+
 def test_strength_heatmap_subset_and_errors():
     r = fake_result()
     fig = plot.strength_heatmap(r, 1, layers=[7, 2], title="t")

@@ -96,7 +96,8 @@ def _grey_overlay_mpl(ax, z, grey, **kw):
 def strength_heatmap(result, index: int = 0, *, layers: Sequence[int] | None = None,
                      title: str | None = None, which: str = "strengths",
                      vmax: float | None = None, quantile: float | None = ROBUST_QUANTILE,
-                     include_special: bool = False, special=None, backend: str = "plotly", ax=None):
+                     include_special: bool = False, special=None, hide_special: bool = False,
+                     backend: str = "plotly", ax=None):
     """Tokens x layers heatmap of one example's steering strengths.
 
     Args:
@@ -110,6 +111,8 @@ def strength_heatmap(result, index: int = 0, *, layers: Sequence[int] | None = N
         include_special: colour position 0 and the system turn and count them in the limit.
         special: ``[pos]`` booleans of the positions to grey (default:
             :func:`~clas_lens.plot.tokens.special_positions` of the example's tokens).
+        hide_special: leave out the leading run of special positions (position 0 and the
+            system turn) instead of drawing it grey, to give the other tokens the width.
         backend: ``"plotly"`` (hover shows token, position, layer, value) or ``"matplotlib"``.
         ax: matplotlib axes to draw into (matplotlib only).
 
@@ -117,7 +120,11 @@ def strength_heatmap(result, index: int = 0, *, layers: Sequence[int] | None = N
     """
     check_backend(backend, ax)
     ex = example_matrix(result, index, layers=layers, which=which)
-    grey = _grey_mask(ex["special"], special, include_special)
+    found = _grey_mask(ex["special"], special, False)
+    if hide_special:
+        ex = _drop_leading(ex, 0 if found.all() else int(np.argmin(found)))
+        found = found[ex["first"]:]
+    grey = np.zeros_like(found) if include_special else found
     z = ex["values"].T  # [layer, pos]
     vmax = colour_limit(z, grey, quantile=quantile) if vmax is None else float(vmax)
     prompt = result.prompts[index] if getattr(result, "prompts", None) else ""
@@ -128,10 +135,17 @@ def strength_heatmap(result, index: int = 0, *, layers: Sequence[int] | None = N
                                  title if title is not None else f"{which}: {prompt[:90]}", ax)
 
 
+def _drop_leading(ex: dict, k: int) -> dict:
+    """The example without its first ``k`` positions (``first`` = the first position kept)."""
+    return {**ex, "values": ex["values"][k:], "tokens": ex["tokens"][k:], "labels": ex["labels"][k:],
+            "special": ex["special"][k:], "first": k}
+
+
 def _strength_heatmap_plotly(ex, z, grey, vmax, which, title):
     go = plotly_go()
     n = z.shape[1]
-    pos = list(range(n))
+    first = ex.get("first", 0)
+    pos = list(range(first, first + n))
     ys = [str(L) for L in ex["layers"]]
     tok_grid = [[_html.escape(lbl) for lbl in ex["labels"]] for _ in ex["layers"]]
     hover = "token %{customdata}<br>position %{x}<br>layer %{y}<br>value %{z:.4g}"
@@ -145,7 +159,7 @@ def _strength_heatmap_plotly(ex, z, grey, vmax, which, title):
             colorscale=_GREY_SCALE, showscale=False, hoverongaps=False, name="left out",
             hovertemplate=hover + "<br>(grey: not in the colour scale)<extra></extra>"))
     p = ex["prompt_length"]
-    if 0 < p < n:
+    if first < p < first + n:
         fig.add_vline(x=p - 0.5, line_dash="dash", line_color="black", line_width=2,
                       annotation_text="generated →", annotation_position="top right")
     step = max(1, math.ceil(n / 120))
@@ -171,9 +185,13 @@ def _strength_heatmap_mpl(ex, z, grey, vmax, which, title, ax):
     ax.set_yticks(range(0, n_layers, ystep))
     ax.set_yticklabels([str(L) for L in ex["layers"][::ystep]])
     ax.set_ylabel("layer")
-    ax.set_xlabel("token" + (" (grey: first token and system prompt, not in the colour scale)"
-                             if grey.any() else ""))
-    p = ex["prompt_length"]
+    note = ""
+    if ex.get("first", 0):
+        note = f" (first {ex['first']} tokens, the system prompt, not shown)"
+    elif grey.any():
+        note = " (grey: first token and system prompt, not in the colour scale)"
+    ax.set_xlabel("token" + note)
+    p = ex["prompt_length"] - ex.get("first", 0)
     if 0 < p < n:
         ax.axvline(p - 0.5, color="black", lw=1.5, ls="--")
         ax.text(p - 0.5, 0.98, " generated →", va="top", ha="left", fontsize=8,
