@@ -127,6 +127,11 @@ def main(argv=None):
         for key in ("steer_overhead_isolated", "trace_overhead_isolated"):
             if key in r:
                 summary[key] = r[key]
+    if out.exists():  # the Ray scaling ratio comes from bench/bench_ray.py: keep it
+        kept = json.loads(out.read_text()).get("details", {}).get("ray_scaling")
+        if kept:
+            records["ray_scaling"] = kept
+            summary["ray_scaling"] = kept["ray_scaling"]
     wall = time.perf_counter() - t0
     result = {
         **{k: (float(v) if isinstance(v, (int, float)) else v) for k, v in summary.items()},

@@ -124,7 +124,8 @@ def _cmd_bench(args) -> int:
         return 2
     run_benchmarks(paths, out=args.out, quick=args.quick, methods=args.methods,
                    direction_method=args.direction_method, gen_rows=args.gen_rows,
-                   max_new_tokens=args.max_new_tokens, protocol=args.protocol)
+                   max_new_tokens=args.max_new_tokens, protocol=args.protocol,
+                   workers=args.workers, ray_address=args.ray_address)
     return 0
 
 
@@ -190,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training protocol (reference: targets not capped, end-of-turn only "
                         "where the target carries the marker, gradient norm clipped at 1.0, "
                         "valid loss at steps 0, 2, 4, ...)")
+    b.add_argument("--workers", type=_int_at_least(1), default=1,
+                   help="run the cells on N Ray workers, each loading the model once "
+                        "(needs clas-lens[ray]; >1 starts a local Ray instance)")
+    b.add_argument("--ray-address", default=None,
+                   help="join an existing Ray cluster (e.g. auto, host:6379) instead")
     b.set_defaults(fn=_cmd_bench, _parser=b)
 
     r = sub.add_parser("report", help="write one self-contained HTML page about a saved steerer",

@@ -200,6 +200,8 @@ class WorkerPool:
                 try:
                     result = ray.get(ref)
                 except ray.exceptions.RayActorError as err:
+                    if getattr(err, "actor_init_failed", False):  # loading the model failed
+                        raise RuntimeError(f"a worker could not load its model: {err}") from None
                     if len(self.replaced) >= self.max_replacements:
                         raise RuntimeError(f"{len(self.replaced)} workers died; giving up on "
                                            f"job {job.key!r}") from err

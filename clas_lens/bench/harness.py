@@ -539,8 +539,9 @@ def _log_cell(row: dict) -> None:
 
 def _run_benchmark(path: Path, methods: list[str], settings: dict, store: _Store, get_model,
                    base: dict, *, direction_method: str, seed: int, progress: bool, bar,
-                   result_keys: list) -> None:
-    """Every requested method on one benchmark CSV; finished cells are skipped."""
+                   result_keys: list, pending: list | None = None) -> None:
+    """Every requested method on one benchmark CSV; finished cells are skipped. With
+    ``pending``, cells left to run are appended there (for Ray workers) instead of run."""
     import clas_lens as cl
 
     steer = cl.SteerSet.from_reference_csv(path)
@@ -561,6 +562,9 @@ def _run_benchmark(path: Path, methods: list[str], settings: dict, store: _Store
             bar.update(1)
             continue
         bar.set_description(f"{steer.name}/{method}")
+        if pending is not None:
+            pending.append((path, method, cell_settings, proto, key))
+            continue
         model = get_model()
         if method in DIRECTION_METHODS and dirs is None:
             dirs, dir_seconds = _fit_benchmark_directions(model, steer, cell_settings,
@@ -580,6 +584,26 @@ def _run_benchmark(path: Path, methods: list[str], settings: dict, store: _Store
         bar.update(1)
 
 
+def _run_on_ray(pending: list, store: _Store, bar, *, load, workers: int, ray_address,
+                direction_method: str, seed: int, progress: bool) -> None:
+    """Run the pending cells on Ray actors; each result is written here as it arrives."""
+    from clas_lens.bench.parallel import Cell, default_loader, run_cells
+    from clas_lens.parallel import check_workers
+
+    def record(cell, row, gens, dir_seconds):
+        row = {**cell.proto, **row}
+        if cell.method in DIRECTION_METHODS:
+            row["direction_seconds"] = dir_seconds
+        store.put(row, gens, cell.key)
+        _log_cell(row)
+        bar.update(1)
+
+    run_cells([Cell(*c) for c in pending], record,
+              load=default_loader(load) if isinstance(load, str) else load,
+              workers=check_workers(workers), direction_method=direction_method, seed=seed,
+              address=ray_address, progress=progress)
+
+
 def run_benchmarks(
     paths, *, out: str | os.PathLike = "results", quick: bool = False, methods=None,
     direction_method: str = "rfm", gen_rows: int | None = None,
@@ -587,7 +611,7 @@ def run_benchmarks(
     max_completion_tokens: int | None = None, progress: bool = True,
     epochs: int | None = None, n_test: int | None = None, las_grid_size: int | None = None,
     figure: str | os.PathLike | None = None, command: str | None = None,
-    protocol: str | None = None,
+    protocol: str | None = None, workers: int = 1, ray_address: str | None = None, load=None,
 ) -> list[dict]:
     """Run every method on every benchmark and write the results (see the module doc).
 
@@ -616,6 +640,12 @@ def run_benchmarks(
             arguments).
         protocol: ``"clas_lens"`` (default) or ``"reference"``
             (see :data:`clas_lens.training.PROTOCOLS`); recorded in the ``protocol`` column.
+        workers: run the cells on this many Ray actors, each loading the model once
+            (:mod:`clas_lens.bench.parallel`; needs ``clas-lens[ray]``); the driver alone
+            writes the results, with the same resume keys. 1: in this process.
+        ray_address: run on an existing Ray cluster (``"auto"``, ``"host:6379"``, ...).
+        load: picklable model loader for the actors (default: ``load_model`` of the
+            model's name).
 
     Returns:
         The result rows of the requested benchmarks and methods (new and reused).
@@ -651,11 +681,17 @@ def run_benchmarks(
     bar = tqdm(total=len(cells), desc="bench cells", disable=not progress)
     t_run = time.perf_counter()
     result_keys: list[tuple] = []
+    on_ray = workers != 1 or ray_address is not None
+    pending: list | None = [] if on_ray else None
     try:
         for f in csvs:
             _run_benchmark(f, methods_list, settings, store, get_model, base,
                            direction_method=direction_method, seed=seed, progress=progress,
-                           bar=bar, result_keys=result_keys)
+                           bar=bar, result_keys=result_keys, pending=pending)
+        if pending:
+            _run_on_ray(pending, store, bar, load=load or model_name, workers=workers,
+                        ray_address=ray_address, direction_method=direction_method, seed=seed,
+                        progress=progress)
     finally:
         bar.close()
         pending = [f"{benchmark_name(f)} / {m}" for (f, m), k in zip(cells, result_keys)
