@@ -14,10 +14,13 @@ Example:
 
 from __future__ import annotations
 
+import weakref
 from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from clas_lens.data import LLAMA_EOT, SteerSet
 from clas_lens.model import (
@@ -108,90 +111,194 @@ def collate(encoded, pad: int, device):
     return ids.to(device), mask.to(device), labels.to(device)
 
 
-class _TokenCE(torch.autograd.Function):
-    """Per-token cross-entropy ``logsumexp(x) - x[target]`` over the last dim of ``x``.
+#: rows of logits made at a time when no gradient is needed (bounds evaluation memory)
+HEAD_CHUNK = 256
 
-    Used when gradients are needed. Same values as ``F.cross_entropy`` up to float
-    rounding, but it saves only a reference to the logits instead of a log-softmax
-    copy, and writes the input gradient into one buffer: the peak memory of a training
-    step is one logit-sized tensor lower (236 MB for 4 x 300 tokens of a 49k
-    vocabulary). Ignored targets (``-100``) give 0.
+
+class _FinalResidual(Exception):
+    """Carries the final residual out of a forward pass stopped at ``ln_final``."""
+
+    def __init__(self, h: Tensor):
+        super().__init__("final residual captured")
+        self.h = h
+
+
+def _stop_at_final(h, hook=None):
+    raise _FinalResidual(h)
+
+
+def final_residual(model, ids: Int[Tensor, "batch pos"],
+                   attention_mask: Int[Tensor, "batch pos"] | None = None) -> Float[Tensor, "batch pos d"]:
+    """The residual stream entering the final norm (``ln_final.hook_in``), without the logits.
+
+    Every hook in place (steering included) runs; the pass stops when the final norm's
+    input is ready, so neither the norm nor the unembedding is computed. Gradients flow
+    through the returned tensor as through the model.
+
+    Raises:
+        ValueError: the model has no ``ln_final.hook_in`` hook point.
     """
-
-    @staticmethod
-    def forward(ctx, x, tgt):
-        valid = tgt != -100
-        safe = torch.where(valid, tgt, torch.zeros_like(tgt)).unsqueeze(-1)
-        lse = torch.logsumexp(x, -1)
-        ce = torch.where(valid, lse - x.gather(-1, safe).squeeze(-1), torch.zeros_like(lse))
-        ctx.save_for_backward(x, lse, safe, valid)
-        return ce
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, lse, safe, valid = ctx.saved_tensors
-        g = torch.where(valid, grad, torch.zeros_like(grad)).unsqueeze(-1)
-        out = torch.sub(x, lse.unsqueeze(-1))
-        out.exp_().mul_(g)
-        out.scatter_add_(-1, safe, -g)
-        return out, None
+    if "ln_final.hook_in" not in getattr(model, "hook_dict", {}):
+        raise ValueError("final_residual needs a model with an 'ln_final.hook_in' hook point "
+                         "(a TransformerBridge); use model(ids) for the logits instead")
+    try:
+        with model.hooks(fwd_hooks=[("ln_final.hook_in", _stop_at_final)]):
+            model(ids, attention_mask=attention_mask)
+    except _FinalResidual as stop:
+        return stop.h
+    raise RuntimeError("the forward pass never reached 'ln_final.hook_in'")
 
 
-def token_nll_sums(logits, labels) -> tuple[torch.Tensor, torch.Tensor]:
+def head_logits(model, h: Float[Tensor, "n d"]) -> Float[Tensor, "n vocab"]:
+    """Logits of final residuals: ``model.unembed(model.ln_final(h))`` on ``[n, d]`` rows."""
+    return model.unembed(model.ln_final(h.unsqueeze(0)))[0]
+
+
+_HEAD_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def head_matches(model) -> bool:
+    """Whether :func:`final_residual` + :func:`head_logits` give the model's own logits.
+
+    Checked once per model on an 8-token input (cached): a model whose forward does more
+    after the final norm and unembedding (say, logit soft-capping) fails the check, and the
+    losses then use its full logits.
+    """
+    if model in _HEAD_OK:
+        return _HEAD_OK[model]
+    ok = False
+    if "ln_final.hook_in" in getattr(model, "hook_dict", {}) and hasattr(model, "ln_final") \
+            and hasattr(model, "unembed"):
+        vocab = int(model.cfg.d_vocab)
+        ids = (torch.arange(8) * 7 + 3).remainder(vocab).unsqueeze(0).to(model_device(model))
+        with torch.inference_mode():
+            full = model(ids).float()
+            part = head_logits(model, final_residual(model, ids)[0]).float()
+        tol = (1e-3 if full.dtype == torch.float32 else 2e-2) * (1.0 + float(full.abs().max()))
+        ok = part.shape == full.shape[1:] and float((part - full[0]).abs().max()) <= tol
+    _HEAD_OK[model] = ok
+    return ok
+
+
+def token_ce(logits: Float[Tensor, "n vocab"], targets: Int[Tensor, " n"], *,
+             chunk: int | None = None) -> Float[Tensor, " n"]:
+    """Per-row cross-entropy in float32; ``chunk`` rows at a time (bounds the temporaries)."""
+    if chunk is None or logits.shape[0] <= chunk:
+        return F.cross_entropy(logits.float(), targets, reduction="none")
+    return torch.cat([F.cross_entropy(logits[k:k + chunk].float(), targets[k:k + chunk],
+                                      reduction="none") for k in range(0, logits.shape[0], chunk)])
+
+
+def _per_example(ce: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Scatter per-token losses of the selected positions back to per-example sums."""
+    valid = labels[:, 1:] != -100
+    rows = valid.nonzero()[:, 0]
+    sums = torch.zeros(labels.shape[0], dtype=ce.dtype, device=ce.device).index_add(0, rows, ce)
+    return sums, valid.sum(1)
+
+
+def token_nll_sums(logits: Float[Tensor, "batch pos vocab"],
+                   labels: Int[Tensor, "batch pos"]) -> tuple[Tensor, Tensor]:
     """Summed completion cross-entropy and token count per example, from full logits.
 
-    ``logits[:, t]`` predicts ``labels[:, t + 1]``; labels of ``-100`` carry no loss.
-    With gradients enabled the cross-entropy keeps no log-softmax copy of the logits.
+    ``logits[:, t]`` predicts ``labels[:, t + 1]``; labels of ``-100`` carry no loss. Only
+    the positions that predict a completion token are gathered before the cross-entropy,
+    so no float copy or log-softmax of the full logits is made.
     """
-    tgt = labels[:, 1:]
-    if torch.is_grad_enabled() and logits.requires_grad:
-        ce = _TokenCE.apply(logits[:, :-1].float(), tgt)
-    else:
-        ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), tgt, ignore_index=-100,
-                             reduction="none")
-    valid = (tgt != -100)
-    return (ce * valid).sum(1), valid.sum(1)
+    valid = labels[:, 1:] != -100
+    ce = token_ce(logits[:, :-1][valid], labels[:, 1:][valid],
+                  chunk=None if torch.is_grad_enabled() else HEAD_CHUNK)
+    return _per_example(ce, labels)
 
 
-def nll_sums(model, encoded, pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+
+def nll_sums(model, encoded, pad: int, device, *,
+             all_positions: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example summed completion NLL and token counts for one micro-batch.
+
+    The model runs to its final residual; the final norm and the unembedding are applied
+    only at the positions that predict completion tokens (in chunks of :data:`HEAD_CHUNK`
+    rows when no gradient is needed). A model on which that head differs from its own
+    logits (see :func:`head_matches`), or ``all_positions=True``, takes the full logits.
 
     Args:
         model: the model (steered or not: hooks already in place apply).
         encoded: ``(ids, n_prompt)`` items from :func:`encode_pairs`.
         pad: the padding token id.
         device: where the batch goes.
+        all_positions: compute the logits at every position (the generic path).
     """
     ids, mask, labels = collate(encoded, pad, device)
-    return token_nll_sums(model(ids, attention_mask=mask), labels)
+    if all_positions or not head_matches(model):
+        return token_nll_sums(model(ids, attention_mask=mask), labels)
+    valid = labels[:, 1:] != -100
+    h = final_residual(model, ids, mask)[:, :-1][valid]
+    tgt = labels[:, 1:][valid]
+    if torch.is_grad_enabled():
+        ce = token_ce(head_logits(model, h), tgt)
+    else:
+        ce = torch.cat([token_ce(head_logits(model, h[k:k + HEAD_CHUNK]), tgt[k:k + HEAD_CHUNK])
+                        for k in range(0, max(len(tgt), 1), HEAD_CHUNK)])
+    return _per_example(ce, labels)
+
+
+def micro_batches(batch: list, size: int | None, tokens: int) -> list[list]:
+    """Split a batch into micro-batches: ``size`` items each, or by padded-token budget.
+
+    With ``size=None`` consecutive items are packed while ``rows x longest <= tokens``
+    (an item longer than the budget goes alone).
+    """
+    if size is not None:
+        return [batch[m:m + size] for m in range(0, len(batch), size)]
+    out, cur, width = [], [], 0
+    for item in batch:
+        w = max(width, len(item[0]))
+        if cur and w * (len(cur) + 1) > tokens:
+            out.append(cur)
+            cur, w = [], len(item[0])
+        cur.append(item)
+        width = w
+    if cur:
+        out.append(cur)
+    return out
 
 
 def completion_nll(model, steerer: Steerer | None, pairs, *, batch_size: int = 8,
-                   scale: float = 1.0, per_example: bool = False,
+                   micro_batch_tokens: int = 1024, scale: float = 1.0, per_example: bool = False,
                    max_completion_tokens: int | None = None, truncate: bool = False,
                    end_of_turn: str = "always"):
     """Mean per-token cross-entropy of the completions given the prompts.
 
     Returns the token-weighted mean over all pairs, or with ``per_example=True`` a
-    tensor of per-pair means. ``max_completion_tokens``, ``truncate`` and ``end_of_turn``
-    are as in :func:`encode_pairs`.
+    tensor of per-pair means (in the order of ``pairs``). Pairs are sorted by length and
+    evaluated in micro-batches of at most ``batch_size`` pairs and ``micro_batch_tokens``
+    padded tokens (a longer pair goes alone). ``max_completion_tokens``, ``truncate`` and
+    ``end_of_turn`` are as in :func:`encode_pairs`.
     """
     check_batch_size(batch_size)
+    if int(micro_batch_tokens) < 1:
+        raise ValueError(f"micro_batch_tokens must be >= 1, got {micro_batch_tokens}")
     encoded = encode_pairs(model, pairs, max_completion_tokens=max_completion_tokens,
                            truncate=truncate, end_of_turn=end_of_turn)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     device = model_device(model)
     sums, counts = [], []
     ctx = steerer.apply(model, scale=scale) if steerer is not None else nullcontext()
     with torch.inference_mode(), ctx:
-        for k in range(0, len(encoded), batch_size):
-            s, n = nll_sums(model, encoded[k:k + batch_size], pad_id(model), device)
-            sums.append(s.cpu())
-            counts.append(n.cpu())
-    s, n = torch.cat(sums), torch.cat(counts)
+        for k in range(0, len(order), batch_size):
+            chunk = [encoded[i] for i in order[k:k + batch_size]]
+            for micro in micro_batches(chunk, None, int(micro_batch_tokens)):
+                s, n = nll_sums(model, micro, pad_id(model), device)
+                sums.append(s.cpu())
+                counts.append(n.cpu())
+    back = torch.empty(len(order), dtype=torch.long)
+    back[torch.tensor(order)] = torch.arange(len(order))
+    s, n = torch.cat(sums)[back], torch.cat(counts)[back]
     if per_example:
         return s / n.clamp(min=1)
     return float(s.sum() / n.sum().clamp(min=1))
 
 
-__all__ = ["END_OF_TURN_RULES", "as_pairs", "check_end_of_turn", "collate", "completion_nll",
-           "encode_pairs", "end_of_turn_flags", "nll_sums", "token_nll_sums"]
+__all__ = ["END_OF_TURN_RULES", "HEAD_CHUNK", "as_pairs", "check_end_of_turn", "collate",
+           "completion_nll", "encode_pairs", "end_of_turn_flags", "final_residual", "head_logits",
+           "head_matches", "micro_batches", "nll_sums", "token_ce", "token_nll_sums"]

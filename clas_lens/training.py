@@ -380,29 +380,102 @@ def las_grid(model, steerer: LASSteerer, pairs, n: int = 20) -> list[float]:
     return [top * k / (n - 1) for k in range(n)]
 
 
-def grid_search_las(model, steerer: LASSteerer, pairs, grid: Sequence[float] | None = None, *,
-                    batch_size: int = 8, progress: bool = True,
-                    max_completion_tokens: int | None = None, end_of_turn: str = "always") -> dict:
-    """Choose LAS's single coefficient by completion NLL on ``pairs`` (sets it in place).
+LAS_SEARCHES = ("bracket", "full")
 
-    ``max_completion_tokens`` and ``end_of_turn`` shape the targets as in :func:`train`,
-    so the search scores the same tokens the trained methods see.
+
+def bracket_argmin(f, n: int) -> tuple[int, dict[int, float]]:
+    """Index of the smallest ``f(i)`` over ``0..n-1`` for ``f`` unimodal in ``i``.
+
+    A golden-section search on the indices (at most 6 calls for ``n = 20``) ending with a
+    scan of the last two or three indices. Ties keep the lower index.
 
     Returns:
-        ``{"grid": [...], "nll": [...], "best": c}``.
+        The index and every value computed, by index.
     """
+    seen: dict[int, float] = {}
+
+    def at(i: int) -> float:
+        if i not in seen:
+            v = float(f(i))
+            seen[i] = v if math.isfinite(v) else math.inf
+        return seen[i]
+
+    lo, hi = 0, n - 1
+    while hi - lo > 2:
+        a, b = lo + round(0.382 * (hi - lo)), lo + round(0.618 * (hi - lo))
+        b = max(b, a + 1)
+        if at(a) < at(b):
+            hi = b - 1
+        elif at(a) > at(b):
+            lo = a + 1
+        else:
+            lo, hi = a, b
+    for i in range(lo, hi + 1):
+        at(i)
+    return min(seen, key=lambda i: (seen[i], i)), seen
+
+
+def unimodal_around(values: dict[int, float], best: int) -> bool:
+    """Whether the computed values fall toward ``best`` and rise after it (finite ones only)."""
+    idx = sorted(values)
+    if not all(math.isfinite(values[i]) for i in idx):
+        return False
+    left = [values[i] for i in idx if i <= best]
+    right = [values[i] for i in idx if i >= best]
+    return all(x >= y for x, y in zip(left, left[1:])) and all(x <= y for x, y in zip(right, right[1:]))
+
+
+def grid_search_las(model, steerer: LASSteerer, pairs, grid: Sequence[float] | None = None, *,
+                    batch_size: int = 8, progress: bool = True,
+                    max_completion_tokens: int | None = None, end_of_turn: str = "always",
+                    search: str = "bracket") -> dict:
+    """Choose LAS's single coefficient by completion NLL on ``pairs`` (sets it in place).
+
+    ``search="bracket"`` (default) assumes the NLL is unimodal along a sorted grid and
+    finds its minimum with a golden-section search on the grid's indices (6 of 20 values
+    evaluated at most); when the values it computed are not unimodal, or one is not
+    finite, or the grid is not sorted, every grid value is evaluated (``"bracket+full"``).
+    ``search="full"`` evaluates every value. ``max_completion_tokens`` and ``end_of_turn``
+    shape the targets as in :func:`train`, so the search scores the same tokens the trained
+    methods see.
+
+    Returns:
+        ``{"grid": [...], "nll": [...], "best": c, "search": how, "evaluated": [indices]}``;
+        ``nll`` holds ``nan`` at the grid values the search did not evaluate, and ``search``
+        is ``"bracket"``, ``"bracket+full"`` or ``"full"``.
+    """
+    if search not in LAS_SEARCHES:
+        raise ValueError(f"search must be one of {LAS_SEARCHES}, got {search!r}")
     grid = list(grid) if grid is not None else las_grid(model, steerer, pairs)
     if not grid:
         raise ValueError("the LAS grid is empty")
     bad = [c for c in grid if not math.isfinite(float(c))]
     if bad:
         raise ValueError(f"the LAS grid holds non-finite values {bad}")
-    scores = []
-    for c in tqdm(grid, desc="LAS grid", disable=not progress):
-        steerer.set(c)
-        scores.append(completion_nll(model, steerer, pairs, batch_size=batch_size,
-                                     max_completion_tokens=max_completion_tokens,
-                                     end_of_turn=end_of_turn))
-    best = grid[min(range(len(grid)), key=lambda i: scores[i] if math.isfinite(scores[i]) else 1e30)]
+    bar = tqdm(total=len(grid), desc="LAS grid", disable=not progress)
+
+    def nll(i: int) -> float:
+        steerer.set(grid[i])
+        bar.update(1)
+        return completion_nll(model, steerer, pairs, batch_size=batch_size,
+                              max_completion_tokens=max_completion_tokens, end_of_turn=end_of_turn)
+
+    ordered = all(x < y for x, y in zip(grid, grid[1:])) or all(x > y for x, y in zip(grid, grid[1:]))
+    how, values = search, {}
+    if search == "bracket" and ordered:
+        best_i, values = bracket_argmin(nll, len(grid))
+        if not unimodal_around(values, best_i):
+            how = "bracket+full"
+    else:
+        how = "full"
+    if how != "bracket":
+        for i in range(len(grid)):
+            if i not in values:
+                v = nll(i)
+                values[i] = v if math.isfinite(v) else math.inf
+        best_i = min(values, key=lambda i: (values[i], i))
+    bar.close()
+    scores = [float("nan") if i not in values else values[i] for i in range(len(grid))]
+    best = grid[best_i]
     steerer.set(best)
-    return {"grid": grid, "nll": scores, "best": best}
+    return {"grid": grid, "nll": scores, "best": best, "search": how, "evaluated": sorted(values)}
