@@ -19,9 +19,9 @@ from pathlib import Path
 from clas_lens.io import atomic_write_text
 
 METHOD_ORDER = ("base_prompt", "steer_prompt", "las", "las_layerwise", "clas", "reft", "lora")
-SETTING_COLUMNS = ("model", "direction_method", "seed", "n_test", "epochs", "las_grid_size",
-                   "max_completion_tokens", "gen_rows", "max_new_tokens", "repetition_penalty",
-                   "clas_lens", "transformer_lens", "torch")
+SETTING_COLUMNS = ("model", "protocol", "direction_method", "seed", "n_test", "epochs",
+                   "las_grid_size", "max_completion_tokens", "gen_rows", "max_new_tokens",
+                   "repetition_penalty", "clas_lens", "transformer_lens", "torch")
 
 
 def _num(v) -> float | None:
@@ -120,6 +120,16 @@ def cost_table(rows: list[dict]) -> str:
                    "mean best epoch"], body)
 
 
+def directions_table(rows: list[dict]) -> str:
+    """Per benchmark: the contrast its directions were fitted on and their held-out accuracy."""
+    rows = [r for r in _ok(rows) if r.get("contrast") not in (None, "")]
+    body = []
+    for b in dict.fromkeys(str(r["benchmark"]) for r in rows):
+        r = next(x for x in rows if str(x["benchmark"]) == b)
+        body.append([b, str(r["contrast"]), _fmt(_num(r.get("direction_acc_mean")))])
+    return _table(["benchmark", "contrast", "direction_acc_mean"], body)
+
+
 def settings_summary(rows: list[dict]) -> str:
     """The distinct values of each setting column, as a markdown list."""
     lines = []
@@ -175,6 +185,16 @@ def render_markdown(rows: list[dict], *, command: str | None = None, notes: str 
         "",
         cost_table(rows),
         "",
+        "## Directions",
+        "",
+        "The probe directions of `las`, `las_layerwise` and `clas`, fitted once per benchmark "
+        "on its train and valid rows: on the template contrast (base against steer template) "
+        "where the two templates differ, otherwise on a response contrast (the target "
+        "completion against the unsteered model's greedy answer, read at the last completion "
+        "token). `direction_acc_mean` is the held-out probe accuracy averaged over layers.",
+        "",
+        directions_table(rows),
+        "",
         "## Settings",
         "",
         settings_summary(rows),
@@ -185,9 +205,11 @@ def render_markdown(rows: list[dict], *, command: str | None = None, notes: str 
         "(`clas_lens.training.las_grid`: evenly spaced from 0 to 4 |h| / L); `las_layerwise`, "
         "`clas`, `reft` and `lora` are trained with "
         "`clas_lens.training.train` (AdamW, default learning rates, full batch, checkpoint chosen "
-        "on the valid pairs). Directions: fitted once per benchmark on the template contrasts "
-        "of the train and valid rows (`direction_acc_mean`: mean held-out probe accuracy over "
-        "layers). Generation is greedy, without repetition penalty (`repetition_penalty` 1.0: "
+        "on the valid pairs). The `protocol` column names the training protocol "
+        "(`clas_lens.training.PROTOCOLS`: `clas_lens` caps targets at `max_completion_tokens` "
+        "and ends every target with the end-of-turn token; `reference` follows the CLAS "
+        "reference trainer). Directions: see above. Generation is greedy, without "
+        "repetition penalty (`repetition_penalty` 1.0: "
         "a penalty would hide the looping the Repetition benchmark measures). Pairs are "
         "sorted by token length before batching (less padding; the means are unchanged).",
     ]
@@ -242,5 +264,5 @@ def nll_figure(rows: list[dict], *, col: str = "test_nll", ylabel: str = "test N
     return fig
 
 
-__all__ = ["cost_table", "metric_tables", "nll_figure", "nll_table", "render_markdown",
+__all__ = ["cost_table", "directions_table", "metric_tables", "nll_figure", "nll_table", "render_markdown",
            "write_markdown"]
