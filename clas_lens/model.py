@@ -213,6 +213,7 @@ def load_hf(name: str | None = None, *, dtype: torch.dtype = torch.float32, devi
             _convert_embedded(spec, folder)
         tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         hf = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, **kw)
+        hf.config._name_or_path = spec.name  # the name, not the cache folder it was read from
         return hf.eval(), tok, spec.name
     try:
         tok = AutoTokenizer.from_pretrained(name)
