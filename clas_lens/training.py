@@ -6,6 +6,9 @@ parameters receive gradients. Defaults follow the CLAS reference: AdamW with
 separate learning rates per parameter group (3e-3 for ``w``, 0.1 for ``b``),
 constant schedule, 8 full-batch epochs; the parameters with the best valid
 loss (evaluated before training and after each epoch) are kept.
+``protocol="reference"`` follows the reference trainer in three more ways (end-of-turn
+token only where the target carries the marker, gradient norm clipped at 1.0, valid
+loss at steps 0, 2, 4, ...); see :data:`PROTOCOLS`.
 
 Example:
     >>> steerer = cl.CLASSteerer(dirs)               # W, b = 0: the unsteered model
@@ -14,6 +17,10 @@ Example:
     3
     >>> history.best_valid_loss == min(history.valid_losses)
     True
+    >>> ref = train(model, cl.CLASSteerer(dirs), pairs.train, pairs.valid, epochs=4,
+    ...             protocol="reference", progress=False)
+    >>> [v["step"] for v in ref.valid], ref.settings["clip_grad_norm"]
+    ([0, 2, 4], 1.0)
     >>> steerer.cfg.training.best_epoch == history.best_epoch   # saved with the steerer
     True
 """
