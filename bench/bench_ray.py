@@ -76,7 +76,7 @@ def main(argv=None) -> dict:
     summary = json.loads(args.out.read_text()) if args.out.is_file() else {}
     summary["ray_scaling"] = res["ray_scaling"]
     summary.setdefault("details", {})["ray_scaling"] = res
-    atomic_write_text(args.out, json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(summary, indent=1, default=str) + "\n")
     with open(args.out.with_suffix(".jsonl"), "a", encoding="utf-8") as fh:
         fh.write(json.dumps({"bench": "ray_scaling", **res}) + "\n")
     return res
