@@ -7,6 +7,10 @@ is not used: Linux carries it over fork+exec, so a child of a big parent inherit
 parent's RSS.) Training uses ``train()``'s defaults: micro-batches of at most
 ``micro_batch_tokens=512`` padded tokens, i.e. one ~300-token example per micro-batch
 here (``--micro-batch-size N`` forces N examples per micro-batch instead).
+
+``--measure eval`` gives ``nll_eval_mem_ratio`` instead: the same peak for one valid
+evaluation (``completion_nll`` with its defaults, as ``train()`` runs it after each epoch)
+of 10 pairs of ~300 tokens / fp32 model size.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ def run(args) -> dict:
     pairs = C.long_pairs(n, tokens, model)
     st = C.clas_steerer(model)
     weights = [p for p in model.parameters()]
+    if getattr(args, "measure", "train") == "eval":
+        return run_eval(args, model, pairs, st, rss_warm)
     with C.PeakRSS() as mon:
         w0, c0 = C.time.perf_counter(), C.time.process_time()
         hist = C.cl.train(model, st, pairs, None, epochs=epochs, progress=False,
@@ -60,11 +66,32 @@ def run(args) -> dict:
     }
 
 
+def run_eval(args, model, pairs, st, rss_warm) -> dict:
+    """Peak of one valid evaluation (``completion_nll``, steered, its defaults)."""
+    with C.PeakRSS() as mon:
+        w0, c0 = C.time.perf_counter(), C.time.process_time()
+        loss = C.cl.completion_nll(model, st, pairs)
+        wall, cpu = C.time.perf_counter() - w0, C.time.process_time() - c0
+    param_mb = C.param_bytes_fp32(model) / 2**20
+    peak = C.hwm_mb()
+    return {
+        "nll_eval_mem_ratio": peak / param_mb, "peak_rss_mb": round(peak, 1),
+        "peak_rss_during_eval_mb": round(mon.peak, 1), "fp32_param_mb": round(param_mb, 1),
+        "rss_after_first_forward_mb": round(rss_warm, 1), "warm_model_ratio": rss_warm / param_mb,
+        "eval_extra_mb": round(peak - rss_warm, 1), "valid_loss": loss, "n_examples": len(pairs),
+        "eval_seconds_wall": round(wall, 2), "eval_seconds_cpu": round(cpu, 2), "dtype": args.dtype,
+    }
+
+
 def main(argv=None):
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--micro-batch-size", type=int, default=0,
                    help="train()'s micro_batch_size (0: its default token budget)")
-    return C.main("memory", run, __doc__, argv, p)
+    p.add_argument("--measure", choices=["train", "eval"], default="train",
+                   help="train: one epoch of train() (train_mem_ratio); eval: one valid "
+                        "evaluation (nll_eval_mem_ratio)")
+    args = p.parse_known_args(argv)[0]
+    return C.main("memory" if args.measure == "train" else "eval_memory", run, __doc__, argv, p)
 
 
 if __name__ == "__main__":

@@ -129,6 +129,27 @@ def long_pairs(n: int, target_tokens: int, model, concept: str = "positive"):
     return out
 
 
+def shaped_pairs(n: int, prompt_tokens: int, completion_tokens: int, model, concept: str = "positive"):
+    """``n`` pairs whose chat-formatted prompt has about ``prompt_tokens`` tokens and whose
+    completion has about ``completion_tokens`` (end-of-turn included), from the repo data.
+
+    GSM8K's training rows average 136 prompt and 192 completion tokens on SmolLM2
+    (the shape of the reference run)."""
+    _, steer = cl.load_concept(ROOT / "data" / concept)
+    base = steer.train.pairs + steer.valid.pairs + steer.test.pairs
+    text = " ".join(p + " " + c for p, c in base)
+    tok = model.tokenizer
+    words = tok.encode(text, add_special_tokens=False)
+    n_chat = len(cl.chat_ids(model, "x")) - 1
+    out = []
+    for i in range(n):
+        start = (i * 37) % max(1, len(words) - prompt_tokens - completion_tokens)
+        p_ids = words[start:start + max(1, prompt_tokens - n_chat)]
+        c_ids = words[start + len(p_ids):start + len(p_ids) + max(1, completion_tokens - 1)]
+        out.append((tok.decode(p_ids), tok.decode(c_ids)))
+    return out
+
+
 # ---------------------------------------------------------------- timing
 
 

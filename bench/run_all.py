@@ -31,7 +31,13 @@ TARGETS = [
     ("gen_ratio_b1", "steered / plain KV-cached greedy tokens/s, batch 1", ">=", 0.90),
     ("gen_ratio_b8", "steered / plain KV-cached greedy tokens/s, batch 8", ">=", 0.90),
     ("sweep_ratio", "full layer sweep / (n_layers x one evaluation pass)", "<=", 0.60),
-    ("train_mem_ratio", "peak RSS, training 10 x ~300 tokens / fp32 model size", "<=", 4.0),
+    ("train_mem_ratio", "peak RSS, training 10 x ~300 tokens / fp32 model size", "<=", 3.0),
+    ("train_step_vs_naive", "one CLAS training step / the all-position-logits step, same tokens",
+     "<=", 0.90),
+    ("nll_eval_mem_ratio", "peak RSS, valid evaluation 10 x ~300 tokens / fp32 model size", "<=", 2.6),
+    ("las_search_ratio", "LAS coefficient search / 20-value full grid, same pairs", "<=", 0.40),
+    ("reference_wall_s", "GSM8K reference run, wall seconds (idle machine only)", "<=", 200.0),
+    ("reference_peak_gb", "GSM8K reference run, peak resident GB", "<=", 2.5),
     ("rfm_over_mean_diff_total", "probe directions, 40 prompts: rfm / mean_diff seconds", "<=", 5.0),
 ]
 
@@ -42,9 +48,10 @@ def ok(v, op, target):
     return v <= target if op == "<=" else v >= target
 
 
-def run_memory(args, jsonl, micro):
-    cmd = [sys.executable, str(HERE / "bench_memory.py"), "--json", str(jsonl),
-           "--micro-batch-size", str(micro), "--dtype", args.dtype]
+def run_memory(args, jsonl, micro, script="bench_memory.py", extra=None):
+    """Run a bench script in a fresh subprocess (its own VmHWM); return its JSON record."""
+    extra = ["--micro-batch-size", str(micro)] if extra is None else extra
+    cmd = [sys.executable, str(HERE / script), "--json", str(jsonl), *extra, "--dtype", args.dtype]
     if args.quick:
         cmd.append("--quick")
     if args.clock:
@@ -53,7 +60,7 @@ def run_memory(args, jsonl, micro):
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
     if out.returncode != 0:
         print(out.stderr[-3000:], file=sys.stderr)
-        raise RuntimeError(f"bench_memory.py failed (micro_batch_size={micro})")
+        raise RuntimeError(f"{script} {' '.join(extra)} failed")
     line = [x for x in out.stdout.splitlines() if x.startswith("{")][-1]
     return json.loads(line)
 
@@ -66,8 +73,9 @@ def main(argv=None):
                    help="headline clock (default cpu: process CPU time, steady on a shared machine)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--only", default=None,
-                   help="comma list among forward,train,generate,sweep,probes,memory "
-                        "(the other measures are kept from an existing --out file)")
+                   help="comma list among forward,train,las,generate,sweep,probes,memory,"
+                        "eval_memory,reference (the other measures are kept from an existing "
+                        "--out file)")
     p.add_argument("--threads", type=int, default=C.THREADS,
                    help="torch/BLAS threads (default 1: steady on a shared machine; 0 = library default)")
     p.add_argument("--mem-micro", default="0,4",
@@ -83,6 +91,7 @@ def main(argv=None):
                              dtype=args.dtype, threads=args.threads)
     import bench_forward
     import bench_generate
+    import bench_las
     import bench_probes
     import bench_sweep
     import bench_train
@@ -98,8 +107,15 @@ def main(argv=None):
             records["memory" if i == 0 else f"memory_mb{m}"] = rec
             if i > 0:
                 summary[f"train_mem_ratio_mb{m}"] = rec["train_mem_ratio"]
+    for name, script, extra in [("eval_memory", "bench_memory.py", ["--measure", "eval"]),
+                                ("reference", "bench_reference.py", [])]:
+        if only is None or name in only:
+            print(f"[bench] {name} (subprocess) ...", flush=True)
+            t = time.perf_counter()
+            records[name] = run_memory(args, jsonl, 0, script, extra)
+            records[name]["bench_seconds"] = round(time.perf_counter() - t, 1)
     model = None
-    for name, mod in [("forward", bench_forward), ("train", bench_train),
+    for name, mod in [("forward", bench_forward), ("train", bench_train), ("las", bench_las),
                       ("generate", bench_generate), ("sweep", bench_sweep),
                       ("probes", bench_probes)]:
         if only and name not in only:

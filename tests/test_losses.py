@@ -23,12 +23,12 @@ PAIRS = [("hello", "world and more words here"), ("The capital of France", "Pari
 
 
 def all_logits_reference(model, encoded):
-    """The loss as computed before: full logits, cross-entropy at every position."""
+    """The loss from the full logits at every position, in float64."""
     ids, mask, labels = collate(encoded, 0, "cpu")
-    logits = model(ids, attention_mask=mask)
-    ce = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), labels[:, 1:], ignore_index=-100,
+    logits = model(ids, attention_mask=mask).double()
+    ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=-100,
                          reduction="none")
-    return ce.sum(1)
+    return ce.sum(1).float()
 
 
 def steered(model, seed=3):
@@ -140,7 +140,8 @@ def test_final_residual_needs_hook_point():
 
 @pytest.mark.embedded
 def test_head_equals_full_logits_embedded(smol):
-    """SmolLM2: the completion-only head gives the full-logits loss and gradients (1e-5)."""
+    """SmolLM2: the completion-only head gives the full-logits loss (float64 reference, 1e-5
+    per token; F.cross_entropy in float32 is off by 1.5e-4 here) and its gradients."""
     pairs = [("Name a colour.", "Blue is a calm colour."), ("What is 2 + 2?", "2 + 2 = 4.")]
     enc = encode_pairs(smol, pairs)
     st = steered(smol, seed=7)
