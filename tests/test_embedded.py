@@ -73,13 +73,7 @@ def test_traced_generation_kv_cache_equals_full_passes(embedded):
 def test_attribution_sums_to_alpha(embedded):
     steerer = randomize(cl.CLASSteerer(random_directions(embedded, seed=2)), seed=3, scale=0.002)
     n = embedded.cfg.n_layers
-    if "gemma" in embedded.cfg.model_name:
-        # Gemma normalises each block's attention and MLP output before adding it to the
-        # residual stream: the per-head decomposition does not apply, and says so
-        with pytest.raises(ValueError, match="per-head outputs do not sum.*not supported"):
-            an.attribute_layers(embedded, steerer, "Tell me about your weekend plans.", layers=[1])
-        assert n_hooks(embedded) == 0
-        return
+    # exact on Gemma too: its post-attention RMSNorm scales every head by the same gain
     attrs = an.attribute_layers(embedded, steerer, "Tell me about your weekend plans.",
                                 layers=[1, n // 2, n - 1])
     assert [a.layer for a in attrs] == [1, n // 2, n - 1]

@@ -1,6 +1,8 @@
 """Attribution of the CLAS strength ``alpha_{l,t} = w_l . h_{l,t} + b_l``: an exact
 decomposition of the residual ``h_{l,t}`` into the embedding, every attention head, every
-MLP and every earlier steering edit, each dotted with the read-out ``w_l``.
+MLP and every earlier steering edit, each dotted with the read-out ``w_l``. Exact on
+pre-norm blocks (Llama) and on blocks that RMS-normalise the attention output before the
+residual add (Gemma: each head's output is scaled by that norm's elementwise gain).
 
 All model access goes through hook names (``blocks.{l}.hook_resid_post`` and friends)
 with temporary hooks inside ``with model.hooks(...)``, so no hook outlives a call.
@@ -107,11 +109,28 @@ def _o_proj(model, k: int) -> tuple[Tensor, Tensor | None]:
     return lin.weight, getattr(lin, "bias", None)
 
 
-def _capture_names(n_layers: int) -> list[str]:
+def _capture_names(model, n_layers: int) -> list[str]:
     names = ["blocks.0.hook_resid_pre"]  # the embedding (= hook_embed for rotary models)
     for k in range(n_layers):
         names += [f"blocks.{k}.attn.hook_z", f"blocks.{k}.hook_attn_out", f"blocks.{k}.hook_mlp_out"]
+        if f"blocks.{k}.ln1_post.hook_scale" in model.hook_dict:  # post-attention norm (Gemma)
+            names.append(f"blocks.{k}.ln1_post.hook_scale")
     return names
+
+
+def _attn_gain(model, store, k: int, pos: int) -> Tensor | None:
+    """Elementwise gain ``g`` of layer ``k``'s post-attention RMSNorm at ``pos`` (or ``None``).
+
+    An RMSNorm without bias maps ``x`` to ``x * g`` with ``g = weight / rms(x)``
+    (``1 + weight`` on Gemma): one vector for the whole input, so each head's share of
+    the normed output (``hook_attn_out``) is its own output times ``g``.
+    """
+    norm = getattr(model.blocks[k], "ln1_post", None)
+    name = f"blocks.{k}.ln1_post.hook_scale"
+    if norm is None or not getattr(norm, "uses_rms_norm", False) or name not in store:
+        return None  # no post norm, or one that is not elementwise: _check_attn_sum decides
+    w = norm.weight.detach().double().cpu()
+    return (1.0 + w if norm.uses_weight_offset else w) / store[name][0, pos].double().cpu()
 
 
 def _steered_pass(model, steerer: Steerer, ids: list[int], top: int) -> tuple[dict, dict, dict]:
@@ -124,7 +143,7 @@ def _steered_pass(model, steerer: Steerer, ids: list[int], top: int) -> tuple[di
             return h
         return hook
 
-    caps = [(n, grab(n, store)) for n in _capture_names(top + 1)]
+    caps = [(n, grab(n, store)) for n in _capture_names(model, top + 1)]
     pre = [(resid_hook(l), grab(l, before)) for l in steerer.layers if l <= top]
     post = [(resid_hook(l), grab(l, after)) for l in steerer.layers if l <= top]
     x = torch.tensor([ids], device=model_device(model))
@@ -145,10 +164,12 @@ def _components(model, store, before, after, top: int, pos: int, steered: Sequen
         z = store[f"blocks.{k}.attn.hook_z"][0, pos].double()           # [head, d_head]
         Wh = W.detach().double().cpu().view(W.shape[0], H, -1)         # [d, head, d_head]
         heads = torch.einsum("he,dhe->hd", z.cpu(), Wh)
+        gain = _attn_gain(model, store, k, pos)
+        g = 1.0 if gain is None else gain
         for h in range(H):
-            comps[f"L{k}.H{h}"] = heads[h]
+            comps[f"L{k}.H{h}"] = heads[h] * g
         if bias is not None:
-            comps[f"L{k}.attn_bias"] = bias.detach().double().cpu()
+            comps[f"L{k}.attn_bias"] = bias.detach().double().cpu() * g
         comps[f"L{k}.mlp"] = store[f"blocks.{k}.hook_mlp_out"][0, pos].double().cpu()
         if k in steered and k < top:
             comps[f"L{k}.steer"] = (after[k][0, pos] - before[k][0, pos]).double().cpu()
@@ -173,8 +194,9 @@ def attribute_layers(model, steerer: CLASSteerer, prompt_or_ids, *,
     """:func:`attribute_strength` for several steered layers from one steered pass.
 
     Args:
-        model: a ``TransformerBridge`` (one whose residual stream is the sum of the
-            embedding, attention and MLP outputs: Llama-style pre-norm blocks).
+        model: a ``TransformerBridge`` whose residual stream is the sum of the
+            embedding, attention and MLP outputs (pre-norm blocks, optionally with an
+            RMSNorm on the attention and MLP outputs as in Gemma); others raise.
         steerer: a CLAS (or ReFT) steerer; it is applied during the pass.
         prompt_or_ids: a user prompt (chat-formatted unless ``chat=False``) or token ids.
         layers: steered layers to decompose (default: all of the steerer's).
@@ -236,7 +258,8 @@ def attribute_strength(model, steerer: CLASSteerer, prompt_or_ids, *, layer: int
     residual ``h_{l,t}`` (before layer ``l``'s own edit) is written as the sum of the
     embedding, every attention head's output (``hook_z`` times that head's slice of the
     output projection), every MLP output and every earlier steering edit, for blocks
-    ``0..l``. Norms sit inside the blocks, so the sum is exact (up to float rounding).
+    ``0..l``. A post-attention RMSNorm (Gemma) scales every head by its elementwise gain,
+    so the sum is exact (up to float rounding).
 
     Args:
         model, steerer, prompt_or_ids, completion, rank_index, chat: see :func:`attribute_layers`.
