@@ -105,7 +105,7 @@ class Index:
             self._memo[id(fn)] = result
         return result
 
-    def tests(self):
+    def collect(self):
         """``(module, name, def)`` of every test function and test method."""
         for module, tree in self.trees.items():
             for node in tree.body:
@@ -127,7 +127,7 @@ def find_tests_that_cannot_fail(sources: dict[str, str]) -> list[str]:
         The offending tests, in file order.
     """
     index = Index(sources)
-    return [f"{module}::{name}" for module, name, fn in index.tests() if not index.can_fail(module, fn)]
+    return [f"{module}::{name}" for module, name, fn in index.collect() if not index.can_fail(module, fn)]
 
 
 def find_expectations_without_match(sources: dict[str, str]) -> list[str]:
