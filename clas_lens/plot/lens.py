@@ -17,9 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-
-def _np(x) -> np.ndarray:
-    return np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=float)
+from clas_lens.plot.common import to_numpy
 
 
 def accuracy_and_strength(layers: Sequence[int], accuracy, mean_abs, *, title: str | None = None):
@@ -36,9 +34,10 @@ def accuracy_and_strength(layers: Sequence[int], accuracy, mean_abs, *, title: s
     x = [int(L) for L in layers]
     fig = go.Figure()
     if accuracy is not None:
-        fig.add_trace(go.Scatter(x=x, y=_np(accuracy), mode="lines+markers", name="probe accuracy (held out)",
+        fig.add_trace(go.Scatter(x=x, y=to_numpy(accuracy), mode="lines+markers",
+                                 name="probe accuracy (held out)",
                                  hovertemplate="layer %{x}<br>accuracy %{y:.3f}<extra></extra>"))
-    fig.add_trace(go.Bar(x=x, y=_np(mean_abs), name="mean |alpha|", yaxis="y2", opacity=0.45,
+    fig.add_trace(go.Bar(x=x, y=to_numpy(mean_abs), name="mean |alpha|", yaxis="y2", opacity=0.45,
                          marker_color="#b2182b",
                          hovertemplate="layer %{x}<br>mean |alpha| %{y:.3g}<extra></extra>"))
     fig.update_layout(title=title or "probe accuracy and mean |alpha| per layer", xaxis_title="layer",
@@ -61,10 +60,10 @@ def strength_vs_projection(result, *, skip_first: bool = True, title: str | None
 
     if result.strengths is None or result.projections is None:
         raise ValueError("the result has no strengths/projections (unsteered, or a steerer without them)")
-    s, p = _np(result.strengths), _np(result.projections)
+    s, p = to_numpy(result.strengths), to_numpy(result.projections)
     if s.ndim == 4:
         s, p = s[..., 0], p[..., 0]
-    mask = _np(result.mask).astype(bool)
+    mask = to_numpy(result.mask).astype(bool)
     if skip_first:
         mask[:, 0] = False
     xs, ys, cs, txt = [], [], [], []
@@ -99,9 +98,9 @@ def strengths_beside(comparison, names: Sequence[str] = ("CLAS", "other"), *, ti
     fig = go.Figure()
     for name, mean, mean_abs, colour in ((names[0], c.mean_a, c.mean_abs_a, "#b2182b"),
                                          (names[1], c.mean_b, c.mean_abs_b, "#2166ac")):
-        fig.add_trace(go.Scatter(x=x, y=_np(mean), mode="lines+markers", name=f"{name}: mean",
+        fig.add_trace(go.Scatter(x=x, y=to_numpy(mean), mode="lines+markers", name=f"{name}: mean",
                                  line={"color": colour}))
-        fig.add_trace(go.Scatter(x=x, y=_np(mean_abs), mode="lines", name=f"{name}: mean |.|",
+        fig.add_trace(go.Scatter(x=x, y=to_numpy(mean_abs), mode="lines", name=f"{name}: mean |.|",
                                  line={"color": colour, "dash": "dash"}))
     fig.add_hline(y=0, line_color="grey", line_width=1)
     corr = f"{c.corr_all:.2f}" if np.isfinite(c.corr_all) else "n/a (a constant strength)"
