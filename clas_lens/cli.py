@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+import urllib.parse
 from pathlib import Path
 
 
@@ -27,6 +29,30 @@ def _int_at_least(low: int):
         return value
     parse.__name__ = f"integer >= {low}"
     return parse
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _http_url(text: str) -> str:
+    parts = urllib.parse.urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected an http:// or https:// URL, e.g. http://127.0.0.1:8000/v1")
+    return text.strip()
+
+
+def _name(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a model name, got an empty string")
+    return text
 
 
 def _layer_list(text: str) -> list[int]:
@@ -46,6 +72,31 @@ def _check_direction_method(args, method: str, option: str = "--method") -> None
     if method not in PROBE_METHODS:
         args._parser.error(f"argument {option}: unknown direction method {method!r} "
                            f"(choose from {', '.join(sorted(PROBE_METHODS))})")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that, once a command line is parsed, runs ``check(parser, args)``:
+    the place for rules that tie options together (it reports with ``parser.error``)."""
+
+    def __init__(self, *a, check=None, **kw):
+        super().__init__(*a, **kw)
+        self._check = check
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if self._check is not None:
+            self._check(self, namespace)
+        return namespace, extras
+
+
+def _check_bench_judge(parser: argparse.ArgumentParser, args) -> None:
+    """``--judge-model`` needs ``--judge-url``; with a URL the model name defaults to ``judge``."""
+    if args.judge_url is None:
+        if args.judge_model is not None:
+            parser.error("argument --judge-model: needs --judge-url, the endpoint that serves "
+                         "the judge model")
+    elif args.judge_model is None:
+        args.judge_model = "judge"
 
 
 def _default_bench_path() -> list[str]:
@@ -124,8 +175,11 @@ def _cmd_bench(args) -> int:
         return 2
     run_benchmarks(paths, out=args.out, quick=args.quick, methods=args.methods,
                    direction_method=args.direction_method, gen_rows=args.gen_rows,
-                   max_new_tokens=args.max_new_tokens, protocol=args.protocol,
-                   workers=args.workers, ray_address=args.ray_address)
+                   max_new_tokens=args.max_new_tokens,
+                   max_new_tokens_cap=args.max_new_tokens_cap, protocol=args.protocol,
+                   workers=args.workers, ray_address=args.ray_address,
+                   judge_url=args.judge_url, judge_model=args.judge_model,
+                   judge_workers=args.judge_workers, judge_timeout=args.judge_timeout)
     return 0
 
 
@@ -146,7 +200,7 @@ def _cmd_figures(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="clas-lens", description=__doc__.splitlines()[0])
+    p = _Parser(prog="clas-lens", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("demo", help="fit directions, train CLAS, generate, write heatmaps",
@@ -176,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=_cmd_train, _parser=t)
 
     b = sub.add_parser("bench", help="score steering methods on reference-format benchmarks",
-                       description="Run methods x benchmarks and write results.")
+                       description="Run methods x benchmarks and write results.",
+                       check=_check_bench_judge)
     b.add_argument("paths", nargs="*", help="CSV files or folders (default ../shared/benchmarks)")
     b.add_argument("--out", default="results", help="results folder")
     b.add_argument("--quick", action="store_true", help="few rows, few tokens (a smoke run)")
@@ -185,8 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "clas,reft,lora")
     b.add_argument("--direction-method", default="rfm")
     b.add_argument("--gen-rows", type=_int_at_least(1), default=None,
-                   help="test rows to generate for")
-    b.add_argument("--max-new-tokens", type=_int_at_least(1), default=None)
+                   help="test rows to generate for (default: every test row)")
+    b.add_argument("--max-new-tokens", type=_int_at_least(1), default=None,
+                   help="tokens per generation (default: per benchmark, from its training "
+                        "targets' lengths, capped by --max-new-tokens-cap)")
+    # None leaves the cap to run_benchmarks (256), so a plain run records a plain command line
+    b.add_argument("--max-new-tokens-cap", type=_int_at_least(1), default=None,
+                   help="largest per-benchmark default of --max-new-tokens (default 256)")
     b.add_argument("--protocol", choices=("clas_lens", "reference"), default="clas_lens",
                    help="training protocol (reference: targets not capped, end-of-turn only "
                         "where the target carries the marker, gradient norm clipped at 1.0, "
@@ -196,6 +256,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "(needs clas-lens[ray]; >1 starts a local Ray instance)")
     b.add_argument("--ray-address", default=None,
                    help="join an existing Ray cluster (e.g. auto, host:6379) instead")
+    b.add_argument("--judge-url", type=_http_url, default=None, metavar="URL",
+                   help="score the generations with an LLM judge behind this OpenAI-compatible "
+                        "chat-completions endpoint (a hosted API, vLLM, llama.cpp server, Ollama; "
+                        "e.g. http://127.0.0.1:8000/v1); its API key, if it needs one, is read "
+                        "from the environment variable CLAS_LENS_JUDGE_API_KEY or OPENAI_API_KEY, "
+                        "never from the command line")
+    b.add_argument("--judge-model", type=_name, default=None, metavar="NAME",
+                   help="model name sent to --judge-url (default: judge)")
+    b.add_argument("--judge-workers", type=_int_at_least(1), default=4, metavar="N",
+                   help="judge requests in flight at once (default 4)")
+    b.add_argument("--judge-timeout", type=_positive_seconds, default=60.0, metavar="S",
+                   help="seconds per judge request before it is retried (default 60)")
     b.set_defaults(fn=_cmd_bench, _parser=b)
 
     r = sub.add_parser("report", help="write one self-contained HTML page about a saved steerer",
