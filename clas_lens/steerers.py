@@ -104,6 +104,8 @@ class Steerer(nn.Module):
     kind = "steerer"
     records_strength = True
     default_lr: dict[str, float] = {}
+    #: tensors whose being all zero makes the edit the identity (empty: never assumed)
+    identity_when_zero: tuple[str, ...] = ()
 
     def __init__(self, cfg: SteererConfig):
         super().__init__()
@@ -141,6 +143,12 @@ class Steerer(nn.Module):
     def source_hook_names(self) -> list[str] | None:
         """Hook points read, in the same pass, before each edit (``None``: the edit reads ``h``)."""
         return None
+
+    def is_identity(self) -> bool:
+        """Whether the edit leaves every activation unchanged: all tensors named in
+        :attr:`identity_when_zero` are zero (a zero-initialised or ``c = 0`` steerer)."""
+        return bool(self.identity_when_zero) and not any(
+            bool(getattr(self, n).detach().any()) for n in self.identity_when_zero)
 
     # -- what the config says ---------------------------------------------
     @property
@@ -301,6 +309,7 @@ class CLASSteerer(Steerer):
 
     kind = "clas"
     default_lr = {"W": 3e-3, "b": 0.1}
+    identity_when_zero = ("W", "b")
 
     def __init__(self, directions, layers: Sequence[int] | None = None, rank: int | None = None):
         V, layers, info, prov = _stack_directions(directions, layers)
@@ -368,6 +377,7 @@ class LayerwiseLASSteerer(Steerer):
 
     kind = "las_layerwise"
     default_lr = {"c": 0.1}
+    identity_when_zero = ("c",)
 
     def __init__(self, directions: Directions, layers: Sequence[int] | None = None):
         V, layers, info, prov = _stack_directions(directions, layers)
@@ -438,6 +448,7 @@ class LoRASteerer(Steerer):
     kind = "lora"
     records_strength = False
     default_lr = {"A": 3e-3, "B": 3e-3}
+    identity_when_zero = ("B",)
 
     def __init__(self, model, layers: Sequence[int] | None = None, rank: int = 1,
                  lora_alpha: float = 2.0, seed: int = 0):

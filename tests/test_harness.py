@@ -69,12 +69,17 @@ def test_one_finite_row_per_method(bench_run):
 
 def test_outputs_hold_no_prompt_or_target_text(bench_run):
     _, _, out, _, _ = bench_run
-    gens = [json.loads(l) for l in (out / "generations.jsonl").read_text().splitlines()]
-    assert len(gens) == 2 * len(harness.STEERING_METHODS)
-    assert {g["row"] for g in gens} == {20, 21} and {g["row_id"] for g in gens} == {"120", "121"}
-    for g in gens:
-        assert set(g) >= {"benchmark", "method", "row", "row_id", "text", "strength_mean_abs"}
+    recs = [json.loads(l) for l in (out / "records.jsonl").read_text().splitlines()]
+    assert len(recs) == 4 * len(harness.STEERING_METHODS)  # every scored test row
+    assert {r["row"] for r in recs} == {20, 21, 22, 23}
+    assert {r["row_id"] for r in recs} == {"120", "121", "122", "123"}
+    gens = [r for r in recs if r["text"] is not None]
+    assert {g["row"] for g in gens} == {20, 21} and len(gens) == 2 * len(harness.STEERING_METHODS)
+    for g in recs:
+        assert set(g) >= {"benchmark", "method", "row", "row_id", "text", "strength_mean_abs",
+                          "test_nll", "n_tokens", "judge_score", "m_refusal"}
         assert "prompt" not in g and "target" not in g
+        assert all("Sure, here is something wonderful" not in str(v) for v in g.values())
     md = (out / "benchmarks.md").read_text()
     assert "Sure, here is something wonderful" not in md and "Tell me about" not in md
     assert "clas-lens bench" in md and "**" in md

@@ -1,16 +1,19 @@
 """Benchmark cells on Ray workers (``clas-lens bench --workers N [--ray-address ADDR]``).
 
 Each worker is a :class:`~clas_lens.parallel.WorkerPool` actor that loads the model once;
-each (benchmark, method) cell is one job, :func:`bench_cell`, which reads the CSV, fits the
-benchmark's probe directions (once per worker and benchmark, with the run's contrast choice
-and seed: the directions the serial run fits) and runs :func:`clas_lens.bench.harness.run_cell`.
-Results come back to the driver, which alone writes ``benchmarks.csv`` and
-``generations.jsonl``, atomically, after every cell, with the serial run's resume keys.
+each (benchmark, method) cell is one job, :func:`bench_cell`, which reads the CSV and runs
+:func:`clas_lens.bench.cell.run_cell` with the benchmark's shared work
+(:class:`~clas_lens.bench.shared.BenchmarkWork`: probe directions and unsteered results,
+computed once and kept in the run's ``cache/`` folder, so workers on one machine share them;
+each worker process also keeps them in memory). Results come back to the driver, which alone
+writes ``benchmarks.csv`` and ``records.jsonl``, atomically, after every cell, with the serial
+run's resume keys.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -20,8 +23,8 @@ from typing import Any
 
 from clas_lens.parallel import Job, WorkerPool
 
-#: directions fitted in this worker process: (csv, direction method, seed, model) -> (dirs, seconds)
-_DIRECTIONS: dict[tuple, tuple] = {}
+#: shared work of the benchmarks seen in this worker process, by (csv, cache, settings)
+_WORK: dict[tuple, object] = {}
 
 #: errors a cell records as an ``error`` row instead of stopping the run (as the serial loop)
 CELL_ERRORS = (FloatingPointError, RuntimeError, ValueError)
@@ -36,43 +39,44 @@ class Cell:
     settings: dict
     proto: dict
     key: tuple
+    cache: str | None = None
 
 
-def cell_directions(model, steer, csv: str | os.PathLike, settings: dict, direction_method: str,
-                    seed: int):
-    """The benchmark's probe directions, fitted once per worker process as the serial run
-    fits them (the contrast of :func:`clas_lens.contrast.choose_contrast`); ``(dirs, seconds)``."""
-    import clas_lens as cl
-    from clas_lens.contrast import choose_contrast
+def cell_work(steer, csv: str | os.PathLike, settings: dict, direction_method: str, seed: int,
+              cache: str | os.PathLike | None):
+    """The benchmark's :class:`~clas_lens.bench.shared.BenchmarkWork`, one per worker process
+    and benchmark, kept on disk under ``cache`` (the run's ``cache/`` folder) when given."""
+    from clas_lens.bench.shared import BenchmarkWork, settings_hash
 
-    n_new = max(1, int(settings["max_new_tokens"]))
-    key = (str(Path(csv).resolve()), direction_method, seed, n_new, str(model.cfg.model_name))
-    if key not in _DIRECTIONS:
-        t = time.perf_counter()
-        contrast = choose_contrast(model, steer, max_new_tokens=n_new, progress=False)
-        dirs = cl.fit_directions(model, contrast, method=direction_method, seed=seed,
-                                 progress=False)
-        _DIRECTIONS[key] = (dirs, time.perf_counter() - t)
-    return _DIRECTIONS[key]
+    path = Path(csv)
+    key = (str(path.resolve()), str(cache), direction_method, seed, settings_hash(settings))
+    if key not in _WORK:
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        folder = None if cache is None else Path(cache) / steer.name
+        _WORK[key] = BenchmarkWork(steer, settings, data_sha256=sha, folder=folder,
+                                   direction_method=direction_method, seed=seed)
+    return _WORK[key]
 
 
 def bench_cell(model, csv: str | os.PathLike, method: str, settings: dict, direction_method: str,
-               seed: int) -> tuple[dict, list[dict], float | None]:
-    """One cell on a worker: ``(row, generations, direction_seconds)``; ``cell_seconds`` is in row."""
+               seed: int, cache: str | None = None) -> tuple[dict, list[dict], float | None]:
+    """One cell on a worker: ``(row, records, direction_seconds)``; ``cell_seconds`` is in row."""
     import clas_lens as cl
-    from clas_lens.bench.harness import DIRECTION_METHODS, run_cell
+    from clas_lens.bench.cell import DIRECTION_METHODS, run_cell
 
     steer = cl.SteerSet.from_reference_csv(csv)
-    dirs, dir_seconds = (cell_directions(model, steer, csv, settings, direction_method, seed)
+    work = cell_work(steer, csv, settings, direction_method, seed, cache)
+    dirs, dir_seconds = (work.directions(model, progress=False)
                          if method in DIRECTION_METHODS else (None, None))
     t = time.perf_counter()
     try:
-        row, gens = run_cell(model, steer, method, settings, dirs=dirs, seed=seed, progress=False)
+        row, records = run_cell(model, steer, method, settings, dirs=dirs, seed=seed,
+                                progress=False, work=work)
     except (cl.TrainingError, *CELL_ERRORS) as err:
-        row, gens = {"status": "error", "error": f"{type(err).__name__}: {err}",
-                     "test_nll": float("nan")}, []
+        row, records = {"status": "error", "error": f"{type(err).__name__}: {err}",
+                        "test_nll": float("nan")}, []
     row["cell_seconds"] = time.perf_counter() - t
-    return row, gens, dir_seconds
+    return row, records, dir_seconds
 
 
 def default_loader(model_name: str) -> Callable[[], Any]:
@@ -86,7 +90,7 @@ def run_cells(cells: Sequence[Cell], record: Callable[[Cell, dict, list[dict], f
               *, load: Callable[[], Any], workers: int, direction_method: str, seed: int,
               address: str | None = None, threads: int = 1, progress: bool = True,
               pool: WorkerPool | None = None) -> list:
-    """Run ``cells`` on ``workers`` Ray actors; ``record(cell, row, gens, dir_seconds)`` on the
+    """Run ``cells`` on ``workers`` Ray actors; ``record(cell, row, records, dir_seconds)`` on the
     driver as each finishes (in completion order).
 
     Args:
@@ -103,17 +107,17 @@ def run_cells(cells: Sequence[Cell], record: Callable[[Cell, dict, list[dict], f
     Returns:
         The indices (in ``cells``) of the cells that were rerun because their worker died.
     """
-    jobs = [Job(i, bench_cell, (str(c.csv), c.method, c.settings, direction_method, seed))
+    jobs = [Job(i, bench_cell, (str(c.csv), c.method, c.settings, direction_method, seed, c.cache))
             for i, c in enumerate(cells)]
     if pool is not None:
         start = len(pool.replaced)
-        for i, (row, gens, dsec) in pool.imap_unordered(jobs):
-            record(cells[i], row, gens, dsec)
+        for i, (row, records, dsec) in pool.imap_unordered(jobs):
+            record(cells[i], row, records, dsec)
         return list(pool.replaced[start:])
     with WorkerPool(load, workers, address=address, threads=threads, progress=progress) as own:
-        for i, (row, gens, dsec) in own.imap_unordered(jobs):
-            record(cells[i], row, gens, dsec)
+        for i, (row, records, dsec) in own.imap_unordered(jobs):
+            record(cells[i], row, records, dsec)
         return list(own.replaced)
 
 
-__all__ = ["Cell", "bench_cell", "cell_directions", "default_loader", "run_cells"]
+__all__ = ["Cell", "bench_cell", "cell_work", "default_loader", "run_cells"]
