@@ -27,6 +27,7 @@ from clas_lens.model import (
     chat_ids,
     check_batch_size,
     completion_ids,
+    fast_attention,
     fit_context,
     model_device,
     pad_id,
@@ -226,6 +227,8 @@ def nll_sums(model, encoded, pad: int, device, *,
     only at the positions that predict completion tokens (in chunks of :data:`HEAD_CHUNK`
     rows when no gradient is needed). A model on which that head differs from its own
     logits (see :func:`head_matches`), or ``all_positions=True``, takes the full logits.
+    The forward pass runs under :func:`~clas_lens.model.fast_attention`: no attention
+    pattern is kept for the backward pass (a layer with a hook on its pattern stays eager).
 
     Args:
         model: the model (steered or not: hooks already in place apply).
@@ -236,9 +239,11 @@ def nll_sums(model, encoded, pad: int, device, *,
     """
     ids, mask, labels = collate(encoded, pad, device)
     if all_positions or not head_matches(model):
-        return token_nll_sums(model(ids, attention_mask=mask), labels)
+        with fast_attention(model):
+            return token_nll_sums(model(ids, attention_mask=mask), labels)
     valid = labels[:, 1:] != -100
-    h = final_residual(model, ids, mask)[:, :-1][valid]
+    with fast_attention(model):
+        h = final_residual(model, ids, mask)[:, :-1][valid]
     tgt = labels[:, 1:][valid]
     if torch.is_grad_enabled():
         ce = token_ce(head_logits(model, h), tgt)

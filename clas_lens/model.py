@@ -19,6 +19,8 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -465,3 +467,184 @@ def fit_context(model, ids: list[int], where: str, *, truncate: bool = False,
     if bos is not None and ids and ids[0] == bos and limit > 1:
         return [ids[0]] + list(ids[len(ids) - (limit - 1):])
     return list(ids[len(ids) - limit:])
+
+
+#: the attention hook points a layer under :func:`fast_attention` does not compute
+PATTERN_HOOKS = ("hook_attn_scores", "hook_pattern")
+
+#: models inside a ``fast_attention(model, enabled=False)`` block, with its nesting depth
+_FORCED_EAGER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _attention_bridges(model) -> list:
+    """The model's attention bridges (``blocks.{l}.attn``), in layer order."""
+    from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+
+    return [m for m in model.modules() if isinstance(m, AttentionBridge)]
+
+
+def _sdpa_capable(attn) -> bool:
+    """Whether an attention bridge is plain rotary attention that SDPA reproduces.
+
+    That is :class:`PositionEmbeddingsAttentionBridge` with its own forward and none of the
+    variants it also handles (QK norms, gates, split or per-head inputs, soft-capping, sinks,
+    clipped or scaled Q/K/V, non-standard RoPE layouts, compatibility mode).
+    """
+    from transformer_lens.model_bridge.generalized_components.position_embeddings_attention import (
+        PositionEmbeddingsAttentionBridge as Plain,
+    )
+
+    if not isinstance(attn, Plain) or type(attn).forward is not Plain.forward \
+            or type(attn)._pre_output_projection is not Plain._pre_output_projection \
+            or "forward" in vars(attn):
+        return False
+    hf, cfg = attn.original_component, attn.config
+    if hf is None or getattr(attn, "compatibility_mode", False) \
+            or not isinstance(getattr(hf, "head_dim", None), int):
+        return False
+    if any(name in attn.submodules for name in ("q_norm", "k_norm", "gate")):
+        return False
+    flags = ("gated_q_proj", "use_split_qkv_input", "use_attn_in", "use_attn_result",
+             "rotary_interleaved_cos_sin", "rotary_adjacent_pairs", "qk_norm_after_rope")
+    if any(getattr(cfg, f, False) for f in flags):
+        return False
+    if any(getattr(hf, a, None) is not None for a in ("key_multiplier", "attn_logit_softcapping",
+                                                      "sinks")):
+        return False
+    hf_cfg = getattr(hf, "config", None)
+    rope = getattr(hf_cfg, "rope_parameters", None)
+    return getattr(hf_cfg, "clip_qkv", None) is None and not (
+        isinstance(rope, dict) and rope.get("llama_4_scaling_beta") is not None)
+
+
+def _hooked(point) -> bool:
+    """Whether a hook point has a forward hook (or pre-hook) attached."""
+    return point is not None and bool(point._forward_hooks or point._forward_pre_hooks)
+
+
+def _sdpa_forward(model, attn):
+    """A forward for ``attn`` that computes attention with ``scaled_dot_product_attention``.
+
+    Every hook point of the eager forward fires except ``hook_attn_scores`` and
+    ``hook_pattern``; a call with a hook on either of those, inside a
+    ``fast_attention(model, enabled=False)`` block, with a dropout to apply, or with inputs
+    the eager forward treats specially goes to the eager forward instead.
+    """
+    eager = attn.forward
+    pattern_points = [getattr(attn, name, None) for name in PATTERN_HOOKS]
+
+    def forward(*args, **kwargs):
+        hf = attn.original_component
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        pe = kwargs.get("position_embeddings")
+        mask = kwargs.get("attention_mask")
+        if (_FORCED_EAGER.get(model) or any(_hooked(p) for p in pattern_points)
+                or not isinstance(hidden, torch.Tensor)
+                or len(args) > 1 or (len(args) == 1 and "hidden_states" in kwargs)
+                or not (isinstance(pe, tuple) and len(pe) == 2)
+                or pe[0].shape[-1] != hf.head_dim
+                or (mask is not None and mask.ndim != 4)
+                or (attn.training and getattr(hf, "attention_dropout", 0.0) > 0.0)):
+            return eager(*args, **kwargs)
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        rest = {k: v for k, v in kwargs.items()
+                if k not in ("hidden_states", "position_embeddings", "attention_mask")}
+        h = attn.hook_in(hidden)
+        shape = (*h.shape[:-1], -1, hf.head_dim)
+        q = attn.q(h).view(shape).transpose(1, 2)
+        k = attn.k(h).view(shape).transpose(1, 2)
+        v = attn.v(h).view(shape).transpose(1, 2)
+        cos, sin = attn._apply_position_embedding_hooks(pe)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        if hasattr(attn, "hook_rot_q"):
+            q = attn.hook_rot_q(q)
+        if hasattr(attn, "hook_rot_k"):
+            k = attn.hook_rot_k(k)
+        k, v = attn._update_kv_cache(k, v, **rest)
+        n_q, n_kv = q.shape[-2], k.shape[-2]
+        causal = mask is None and n_q == n_kv
+        if mask is None and not causal:  # cached positions: query i sees keys 0..offset+i
+            mask = torch.ones(n_q, n_kv, dtype=torch.bool, device=q.device).tril(n_kv - n_q)
+        elif mask is not None:
+            mask = mask[..., -n_q:, :n_kv]
+            if mask.dtype != torch.bool:
+                mask = mask.to(q.dtype)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal,
+            scale=getattr(hf, "scaling", hf.head_dim ** -0.5),
+            enable_gqa=q.shape[1] != k.shape[1])
+        out = out.transpose(1, 2).reshape(*h.shape[:-1], -1)
+        weight = getattr(getattr(attn.o, "original_component", None), "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.dtype.is_floating_point \
+                and out.dtype != weight.dtype:
+            out = out.to(weight.dtype)
+        return attn.hook_out(attn.o(out)), None
+
+    return forward
+
+
+@contextmanager
+def fast_attention(model, enabled: bool = True):
+    """Run the model's attention with ``scaled_dot_product_attention`` inside the block.
+
+    TransformerLens reimplements each attention layer step by step so that
+    ``hook_attn_scores`` and ``hook_pattern`` see the ``[batch, heads, query, key]`` scores
+    and pattern; the backward pass keeps those matrices for every layer. Inside this block
+    each attention layer computes the same function with torch's fused kernel instead, and
+    the Hugging Face model builds its masks for it (``None`` for an unpadded causal batch).
+    Every other hook point fires as before (residual stream, Q/K/V, rotated Q/K, ``hook_z``,
+    attention output), so steering hooks apply unchanged. A layer with a hook on
+    ``hook_attn_scores`` or ``hook_pattern`` runs eagerly, so those hooks still fire, and
+    every layer is eager again after the block, even when it ends with an exception. A block
+    nested in another one leaves the outer block's setting alone, except
+    ``fast_attention(model, enabled=False)``: inside it the model runs eagerly, whatever
+    blocks are around it or inside it (to compute an eager reference through code that
+    uses this block itself, such as :func:`clas_lens.losses.nll_sums`).
+
+    Only models whose attention layers are all plain rotary attention (Llama-style models
+    such as SmolLM2) are switched; on any other model (Gemma 3's normed Q/K, say) the block
+    changes nothing. The results match eager attention to float rounding (completion NLLs
+    of SmolLM2 within 1e-6 in float32).
+
+    Args:
+        model: a ``TransformerBridge``.
+        enabled: ``False`` runs the model eagerly inside the block, nested blocks included.
+
+    Yields:
+        The number of attention layers this block switched (0: it changed nothing).
+
+    Example:
+        >>> with torch.no_grad():
+        ...     eager = model(ids)
+        ...     with fast_attention(model) as n_switched:
+        ...         fast = model(ids)
+        >>> n_switched == model.cfg.n_layers, bool((fast - eager).abs().max() < 1e-5)
+        (True, True)
+        >>> "forward" in vars(model.blocks[0].attn)   # eager again after the block
+        False
+    """
+    if not enabled:
+        _FORCED_EAGER[model] = _FORCED_EAGER.get(model, 0) + 1
+        try:
+            yield 0
+        finally:
+            _FORCED_EAGER[model] -= 1
+            if not _FORCED_EAGER[model]:
+                del _FORCED_EAGER[model]
+        return
+    layers = _attention_bridges(model)
+    config = getattr(getattr(model, "original_model", None), "config", None)
+    if not layers or config is None or getattr(config, "_attn_implementation", None) != "eager" \
+            or _FORCED_EAGER.get(model) or not all(_sdpa_capable(a) for a in layers):
+        yield 0
+        return
+    try:
+        for attn in layers:  # on the instance: the bridge's setattr would reach the HF module
+            vars(attn)["forward"] = _sdpa_forward(model, attn)
+        config._attn_implementation = "sdpa"
+        yield len(layers)
+    finally:
+        config._attn_implementation = "eager"
+        for attn in layers:
+            vars(attn).pop("forward", None)

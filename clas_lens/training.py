@@ -47,7 +47,7 @@ from clas_lens.losses import (
     micro_batches,
     nll_sums,
 )
-from clas_lens.model import model_device, pad_id
+from clas_lens.model import fast_attention, model_device, pad_id
 from clas_lens.steerers import LASSteerer, Steerer
 
 
@@ -215,12 +215,15 @@ def _batches(n: int, bs: int, epochs: int, gen: torch.Generator):
 
 def _optimizer_step(model, steerer: Steerer, opt, batch, *, micro_batch_size, micro_batch_tokens,
                     clip_grad_norm, where: str) -> dict:
-    """One optimiser step on ``batch``: accumulated completion loss, optional clipping."""
+    """One optimiser step on ``batch``: accumulated completion loss, optional clipping.
+
+    The forward passes run under :func:`~clas_lens.model.fast_attention`.
+    """
     n_tok = sum(len(s) - n for s, n in batch)
     pad, device = pad_id(model), model_device(model)
     opt.zero_grad(set_to_none=True)
     total = 0.0
-    with steerer.apply(model):
+    with steerer.apply(model), fast_attention(model):
         for micro in micro_batches(batch, micro_batch_size, micro_batch_tokens):
             sums, _ = nll_sums(model, micro, pad, device)
             loss = sums.sum() / n_tok
