@@ -48,15 +48,18 @@ def ok(v, op, target):
     return v <= target if op == "<=" else v >= target
 
 
-def run_memory(args, jsonl, micro, script="bench_memory.py", extra=None):
-    """Run a bench script in a fresh subprocess (its own VmHWM); return its JSON record."""
+def run_memory(args, jsonl, micro, script="bench_memory.py", extra=None, threads=None):
+    """Run a bench script in a fresh subprocess (its own VmHWM); return its JSON record.
+
+    ``threads`` overrides ``args.threads`` (the reference run's wall time is measured with
+    the library's default threads, as a user would run it on an idle machine)."""
     extra = ["--micro-batch-size", str(micro)] if extra is None else extra
     cmd = [sys.executable, str(HERE / script), "--json", str(jsonl), *extra, "--dtype", args.dtype]
     if args.quick:
         cmd.append("--quick")
     if args.clock:
         cmd += ["--clock", args.clock]
-    cmd += ["--threads", str(args.threads)]
+    cmd += ["--threads", str(args.threads if threads is None else threads)]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
     if out.returncode != 0:
         print(out.stderr[-3000:], file=sys.stderr)
@@ -78,6 +81,9 @@ def main(argv=None):
                         "--out file)")
     p.add_argument("--threads", type=int, default=C.THREADS,
                    help="torch/BLAS threads (default 1: steady on a shared machine; 0 = library default)")
+    p.add_argument("--reference-threads", type=int, default=None,
+                   help="threads of the GSM8K reference run (default 0: the library default, "
+                        "all cores, as its wall-time target assumes an idle machine)")
     p.add_argument("--mem-micro", default="0,4",
                    help="micro_batch_size values for the memory bench (first = headline; "
                         "0 = train()'s default token budget)")
@@ -107,12 +113,14 @@ def main(argv=None):
             records["memory" if i == 0 else f"memory_mb{m}"] = rec
             if i > 0:
                 summary[f"train_mem_ratio_mb{m}"] = rec["train_mem_ratio"]
-    for name, script, extra in [("eval_memory", "bench_memory.py", ["--measure", "eval"]),
-                                ("reference", "bench_reference.py", [])]:
+    for name, script, extra, threads in [
+            ("eval_memory", "bench_memory.py", ["--measure", "eval"], None),
+            ("reference", "bench_reference.py", [], 0 if args.reference_threads is None
+             else args.reference_threads)]:
         if only is None or name in only:
             print(f"[bench] {name} (subprocess) ...", flush=True)
             t = time.perf_counter()
-            records[name] = run_memory(args, jsonl, 0, script, extra)
+            records[name] = run_memory(args, jsonl, 0, script, extra, threads)
             records[name]["bench_seconds"] = round(time.perf_counter() - t, 1)
     model = None
     for name, mod in [("forward", bench_forward), ("train", bench_train), ("las", bench_las),
