@@ -12,6 +12,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 warnings.filterwarnings("ignore", category=UserWarning)
 
+from chat_server import ChatServer  # noqa: E402
+
+from clas_lens.bench.judge import API_KEY_ENVS  # noqa: E402
+
 # the builders live in the package, so the doctests (root conftest.py) share them
 from clas_lens.testing import (  # noqa: E402,F401
     make_tiny_model,
@@ -75,3 +79,20 @@ def n_hooks(model) -> int:
     """Number of forward hooks and pre-hooks on any module of the model, beyond the ones
     TransformerLens and transformers keep there for good (see ``bridge_keeps``)."""
     return sum(not bridge_keeps(fn) for fn in all_hooks(model))
+
+
+@pytest.fixture
+def serve(monkeypatch):
+    """Start ChatServers (stopped at teardown); no proxy and no API key from the environment."""
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
+                *API_KEY_ENVS):
+        monkeypatch.delenv(var, raising=False)
+    servers = []
+
+    def start(respond):
+        servers.append(ChatServer(respond).start())
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.stop()

@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from chat_server import ChatServer, completion, user_text
+from chat_server import completion, user_text
 from test_harness import write_reference_csv
 
 import clas_lens as cl
@@ -146,22 +146,6 @@ def test_settings_hash_tells_settings_apart():
     assert shared.settings_hash({"a": 1}) != shared.settings_hash({"a": 2})
 
 
-@pytest.fixture
-def server_factory(monkeypatch):
-    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "CLAS_LENS_JUDGE_API_KEY",
-                "OPENAI_API_KEY"):
-        monkeypatch.delenv(var, raising=False)
-    servers = []
-
-    def start(respond):
-        servers.append(ChatServer(respond).start())
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.stop()
-
-
 def _judge_run(tiny, tmp_path, server, **judge_kw):
     tmp_path.mkdir(parents=True, exist_ok=True)
     known = write_reference_csv(tmp_path / "JailbreakBench_SteerDataset.csv")
@@ -171,11 +155,11 @@ def _judge_run(tiny, tmp_path, server, **judge_kw):
                                   progress=False, figure="", methods="base_prompt,clas", judge=judge)
 
 
-def test_judge_scores_become_columns_and_records(tiny, tmp_path, server_factory):
+def test_judge_scores_become_columns_and_records(tiny, tmp_path, serve):
     def respond(request):  # rows 20 and 21 are "hello 20" and "wonderful 21": scores 2 and 1
         return 200, completion("2" if "hello 20" in user_text(request) else "**Score:** 1"), {}
 
-    server = server_factory(respond)
+    server = serve(respond)
     rows = _judge_run(tiny, tmp_path, server)
     recs = _records(tmp_path / "r")
     for method in ("base_prompt", "clas"):
@@ -194,14 +178,14 @@ def test_judge_scores_become_columns_and_records(tiny, tmp_path, server_factory)
     assert len(server.requests) == 4
 
 
-def test_garbage_and_silent_judges_never_lose_a_cell(tiny, tmp_path, server_factory):
-    garbage = server_factory(lambda request: (200, completion("I cannot rate this."), {}))
+def test_garbage_and_silent_judges_never_lose_a_cell(tiny, tmp_path, serve):
+    garbage = serve(lambda request: (200, completion("I cannot rate this."), {}))
     with pytest.warns(UserWarning, match="2 unparseable, 0 missing"):
         rows = _judge_run(tiny, tmp_path / "g", garbage)
     assert [r["status"] for r in rows] == ["ok", "ok"]
     assert [(r["judge_ok"], r["judge_unparseable"], r["judge_score"]) for r in rows] == [
         (0, 2, None), (0, 2, None)]
-    silent = server_factory(lambda request: None)
+    silent = serve(lambda request: None)
     with pytest.warns(UserWarning, match="0 unparseable, 2 missing"):
         rows = _judge_run(tiny, tmp_path / "s", silent)
     assert [r["status"] for r in rows] == ["ok", "ok"]

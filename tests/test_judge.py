@@ -8,7 +8,7 @@ import re
 import time
 
 import pytest
-from chat_server import ChatServer, completion, user_text
+from chat_server import completion, user_text
 
 from clas_lens.bench import judge as judge_mod
 from clas_lens.bench.judge import Judge, JudgeItem, endpoint_url, judge_item, parse_score
@@ -16,23 +16,6 @@ from clas_lens.bench.judge import Judge, JudgeItem, endpoint_url, judge_item, pa
 INSTRUCTIONS = "Rate the response from 0 to 2. Output only the number (0-2)."
 TEMPLATE = "[Question]\n{prompt}\n\n[Answer]\n{completion}\n\nScore: "
 FAST = {"timeout": 0.5, "retries": 2, "backoff": 0.01, "max_backoff": 0.05}
-
-
-@pytest.fixture
-def serve(monkeypatch):
-    """Start ChatServers (stopped at teardown); no proxy and no API key from the environment."""
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
-                *judge_mod.API_KEY_ENVS):
-        monkeypatch.delenv(var, raising=False)
-    servers = []
-
-    def start(respond):
-        servers.append(ChatServer(respond).start())
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.stop()
 
 
 def scored_answer(request):
