@@ -25,6 +25,7 @@ from clas_lens.parallel import Job, WorkerPool
 #: shared work of the benchmarks seen in this worker process, by (csv, cache, settings)
 _WORK: dict[tuple, object] = {}
 
+
 @dataclass
 class Cell:
     """A pending cell: where its data is, how to run it, and the row fields the driver adds."""
