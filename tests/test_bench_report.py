@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from matplotlib.container import BarContainer, ErrorbarContainer
 
-from clas_lens.bench import report
+from clas_lens.bench import report, store
 from clas_lens.bench.stats import N_RESAMPLES, SEED
 
 
@@ -149,19 +149,19 @@ def test_paired_csv_round_trips_exactly(tmp_path):
     paired = [comparison("B", "lora", "better", 0.1 + 0.2, -1 / 3, np.float64(1e-17)),
               {**comparison("C", "reft", "indistinguishable", None, None, None, measure="judge_score",
                             higher=True), "n": 0, "n_missing": 7}]
-    path = report.write_paired(tmp_path / "paired.csv", paired)
+    path = store.write_paired(tmp_path / "paired.csv", paired)
     text = path.read_text(encoding="utf-8")
-    assert text.splitlines()[0] == ",".join(report.PAIRED_COLUMNS)
+    assert text.splitlines()[0] == ",".join(store.PAIRED_COLUMNS)
     assert text.splitlines()[2] == "C,reft,judge_score,clas,,,,indistinguishable,0,7,True"
-    back = report.read_paired(path)
+    back = store.read_paired(path)
     assert back == paired
     assert [type(r["n"]) for r in back] == [int, int] and back[0]["higher_is_better"] is False
-    assert report.read_paired(tmp_path / "absent.csv") == []
+    assert store.read_paired(tmp_path / "absent.csv") == []
 
 
 def test_read_paired_names_a_bad_number(tmp_path):
     path = tmp_path / "paired.csv"
-    path.write_text(",".join(report.PAIRED_COLUMNS) + "\nB,lora,test_nll,clas,oops,,,better,50,0,False\n",
+    path.write_text(",".join(store.PAIRED_COLUMNS) + "\nB,lora,test_nll,clas,oops,,,better,50,0,False\n",
                     encoding="utf-8")
     with pytest.raises(ValueError, match=r"paired\.csv, line 2: column 'mean_diff' holds 'oops'"):
-        report.read_paired(path)
+        store.read_paired(path)

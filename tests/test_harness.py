@@ -8,6 +8,7 @@ import time
 import pytest
 
 import clas_lens as cl
+from clas_lens.bench import cell as cell_module
 from clas_lens.bench import harness, report
 
 COLUMNS = ["id", "x", "y", "base_template", "steer_template", "base_input", "base_label",
@@ -95,7 +96,7 @@ def test_rerun_skips_finished_cells(bench_run, tiny, monkeypatch):
         calls.append(a)
         raise AssertionError("a finished cell was run again")
 
-    monkeypatch.setattr(harness, "run_cell", run_cell)
+    monkeypatch.setattr(cell_module, "run_cell", run_cell)
     again = harness.run_benchmarks([known], out=out, quick=True, model=tiny, progress=False)
     assert calls == []
     assert (out / "benchmarks.csv").read_text() == before
@@ -152,8 +153,8 @@ def test_rerun_with_all_test_rows_skips_finished_cells(tiny, tmp_path, monkeypat
     assert first[0]["n_test"] == 4  # 24 rows: 10 train, 10 valid, 4 test
     before = (out / "benchmarks.csv").read_text()
     calls = []
-    real = harness.run_cell
-    monkeypatch.setattr(harness, "run_cell", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = cell_module.run_cell
+    monkeypatch.setattr(cell_module, "run_cell", lambda *a, **k: calls.append(a) or real(*a, **k))
     again = harness.run_benchmarks([known], **kw)
     assert calls == []
     assert (out / "benchmarks.csv").read_text() == before
@@ -194,3 +195,35 @@ def test_template_directions_are_recorded(bench_run):
     assert [by[m]["contrast"] for m in harness.STEERING_METHODS] == [
         None, None, "template", "template", "template", None, None]
     assert {r["protocol"] for r in by.values()} == {"clas_lens"}
+
+
+def test_a_failing_cell_becomes_an_error_row_and_the_run_goes_on(tiny, tmp_path, monkeypatch):
+    """The serial loop and a Ray worker's job share one guarded runner: a training error
+    becomes an ``error`` row (NaN NLL, no records) and the next method still runs."""
+    from clas_lens.bench.parallel import bench_cell
+
+    known = write_reference_csv(tmp_path / "JailbreakBench_SteerDataset.csv")
+    real = cell_module.run_cell
+
+    def failing(model, steer, method, *a, **k):
+        if method == "clas":
+            raise cl.TrainingError("non-finite training loss (nan) at step 1")
+        return real(model, steer, method, *a, **k)
+
+    monkeypatch.setattr(cell_module, "run_cell", failing)
+    kw = dict(quick=True, model=tiny, progress=False, figure="", n_test=2, gen_rows=1,
+              max_new_tokens=2)
+    rows = harness.run_benchmarks([known], out=tmp_path / "r", methods="clas,lora", **kw)
+    by = {r["method"]: r for r in rows}
+    assert by["clas"]["status"] == "error" and math.isnan(by["clas"]["test_nll"])
+    assert by["clas"]["error"] == "TrainingError: non-finite training loss (nan) at step 1"
+    assert by["clas"]["direction_seconds"] is not None and by["clas"]["cell_seconds"] >= 0
+    assert by["lora"]["status"] == "ok" and math.isfinite(by["lora"]["test_nll"])
+    records = [json.loads(line) for line in (tmp_path / "r" / "records.jsonl").open()]
+    assert {r["method"] for r in records} == {"lora"}
+
+    settings = {**harness.resolve_settings(True), "repetition_penalty": 1.0, "n_test": 2,
+                "gen_rows": 1, "max_new_tokens": 2}
+    row, recs, dir_seconds = bench_cell(tiny, known, "clas", settings, "rfm", 0)
+    assert row["status"] == "error" and row["error"] == by["clas"]["error"] and recs == []
+    assert dir_seconds is not None

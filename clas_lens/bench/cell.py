@@ -37,6 +37,10 @@ STEERING_METHODS = ("base_prompt", "steer_prompt", "las", "las_layerwise", "clas
 DIRECTION_METHODS = ("las", "las_layerwise", "clas")
 TRAINED = ("las_layerwise", "clas", "reft", "lora")
 
+#: errors a cell records as an ``error`` row instead of stopping the run (training errors
+#: are ``RuntimeError``)
+CELL_ERRORS = (FloatingPointError, RuntimeError, ValueError)
+
 
 def by_length(model, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Pairs sorted by token length: fewer pad tokens per batch (the mean is unchanged)."""
@@ -191,5 +195,36 @@ def run_cell(model, steer, method: str, settings: dict, *, dirs=None, seed: int 
     return row, records
 
 
-__all__ = ["DIRECTION_METHODS", "STEERING_METHODS", "TRAINED", "by_length", "run_cell",
-           "score_rows", "target_pairs", "test_rows"]
+def guarded_cell(model, steer, method: str, settings: dict, work, *, seed: int = 0,
+                 progress: bool = True) -> tuple[dict, list[dict], float | None]:
+    """:func:`run_cell` with the benchmark's directions, timed; an error becomes a row.
+
+    Used by the serial loop and by the Ray workers alike.
+
+    Args:
+        model, steer, method, settings, seed, progress: as in :func:`run_cell`.
+        work: the benchmark's :class:`~clas_lens.bench.shared.BenchmarkWork` (directions and
+            unsteered results, computed once).
+
+    Returns:
+        ``(row, records, direction_seconds)``: ``row`` has ``cell_seconds``; a cell that
+        raised one of :data:`CELL_ERRORS` (a :class:`~clas_lens.training.TrainingError` is a
+        ``RuntimeError``) has ``status="error"``, the
+        error's text, a NaN ``test_nll`` and no records; ``direction_seconds`` is ``None``
+        for a method without directions.
+    """
+    dirs, dir_seconds = (work.directions(model, progress=progress)
+                         if method in DIRECTION_METHODS else (None, None))
+    t = time.perf_counter()
+    try:
+        row, records = run_cell(model, steer, method, settings, dirs=dirs, seed=seed,
+                                progress=progress, work=work)
+    except CELL_ERRORS as err:
+        row, records = {"status": "error", "error": f"{type(err).__name__}: {err}",
+                        "test_nll": float("nan")}, []
+    row["cell_seconds"] = time.perf_counter() - t
+    return row, records, dir_seconds
+
+
+__all__ = ["CELL_ERRORS", "DIRECTION_METHODS", "STEERING_METHODS", "TRAINED", "by_length",
+           "guarded_cell", "run_cell", "score_rows", "target_pairs", "test_rows"]

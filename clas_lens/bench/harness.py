@@ -51,7 +51,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from clas_lens.bench import scoring
-from clas_lens.bench.cell import DIRECTION_METHODS, STEERING_METHODS, TRAINED, run_cell
+from clas_lens.bench.cell import DIRECTION_METHODS, STEERING_METHODS, TRAINED, guarded_cell, run_cell
 from clas_lens.bench.metrics import benchmark_name
 from clas_lens.bench.shared import BenchmarkWork
 from clas_lens.bench.store import (
@@ -63,6 +63,7 @@ from clas_lens.bench.store import (
     ResultStore,
     cell_key,
     read_results,
+    write_paired,
     write_results,
 )
 from clas_lens.io import versions
@@ -226,7 +227,7 @@ def write_reports(out: str | os.PathLike = "results", *, command: str | None = N
     ok = {(r["benchmark"], r["method"]) for r in rows if r.get("status") == "ok"}
     records = [r for r in read_records(out / RECORDS_NAME) if (r["benchmark"], r["method"]) in ok]
     paired = scoring.paired(records)
-    report.write_paired(out / PAIRED_NAME, paired)
+    write_paired(out / PAIRED_NAME, paired)
     if pending:
         notes = (notes + "\n\n" if notes else "") + (
             "## Cells not finished\n\nRequested but not (yet) run; rerunning the command above "
@@ -322,27 +323,18 @@ def _run_benchmark(path: Path, methods: list[str], settings: dict, store: Result
             continue
         else:
             bar.set_description(f"{steer.name}/{method}")
-            _run_one(get_model(), steer, method, cell_settings, store, proto, key, work,
-                     seed=seed, progress=progress)
+            _store_cell(store, proto, key, method,
+                        *guarded_cell(get_model(), steer, method, cell_settings, work, seed=seed,
+                                      progress=progress))
         if judge is not None:
             _judge_cell(judge, store, steer, method, judge_workers)
         bar.update(1)
 
 
-def _run_one(model, steer, method, cell_settings, store, proto, key, work, *, seed, progress):
-    """Run one cell here and store it (an error becomes an ``error`` row)."""
-    import clas_lens as cl
-
-    dirs, dir_seconds = (work.directions(model, progress=progress)
-                         if method in DIRECTION_METHODS else (None, None))
-    t = time.perf_counter()
-    try:
-        row, records = run_cell(model, steer, method, cell_settings, dirs=dirs, seed=seed,
-                                progress=progress, work=work)
-    except (cl.TrainingError, FloatingPointError, RuntimeError, ValueError) as err:
-        row, records = {"status": "error", "error": f"{type(err).__name__}: {err}",
-                        "test_nll": float("nan")}, []
-    row = {**proto, **row, "cell_seconds": time.perf_counter() - t}
+def _store_cell(store: ResultStore, proto: dict, key, method: str, row: dict, records: list,
+                dir_seconds) -> None:
+    """Write a finished cell (serial or from a worker) with its resume key, and log it."""
+    row = {**proto, **row}
     if method in DIRECTION_METHODS:
         row["direction_seconds"] = dir_seconds
     store.put(row, records, key)
@@ -356,11 +348,7 @@ def _run_on_ray(pending: list, store: ResultStore, bar, *, load, workers: int, r
     from clas_lens.parallel import check_workers
 
     def record(cell, row, records, dir_seconds):
-        row = {**cell.proto, **row}
-        if cell.method in DIRECTION_METHODS:
-            row["direction_seconds"] = dir_seconds
-        store.put(row, records, cell.key)
-        _log_cell(row)
+        _store_cell(store, cell.proto, cell.key, cell.method, row, records, dir_seconds)
         bar.update(1)
 
     run_cells([Cell(*c, cache=str(out / CACHE_DIR)) for c in pending], record,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +24,6 @@ from clas_lens.parallel import Job, WorkerPool
 
 #: shared work of the benchmarks seen in this worker process, by (csv, cache, settings)
 _WORK: dict[tuple, object] = {}
-
-#: errors a cell records as an ``error`` row instead of stopping the run (as the serial loop)
-CELL_ERRORS = (FloatingPointError, RuntimeError, ValueError)
 
 
 @dataclass
@@ -62,21 +58,11 @@ def bench_cell(model, csv: str | os.PathLike, method: str, settings: dict, direc
                seed: int, cache: str | None = None) -> tuple[dict, list[dict], float | None]:
     """One cell on a worker: ``(row, records, direction_seconds)``; ``cell_seconds`` is in row."""
     import clas_lens as cl
-    from clas_lens.bench.cell import DIRECTION_METHODS, run_cell
+    from clas_lens.bench.cell import guarded_cell
 
     steer = cl.SteerSet.from_reference_csv(csv)
     work = cell_work(steer, csv, settings, direction_method, seed, cache)
-    dirs, dir_seconds = (work.directions(model, progress=False)
-                         if method in DIRECTION_METHODS else (None, None))
-    t = time.perf_counter()
-    try:
-        row, records = run_cell(model, steer, method, settings, dirs=dirs, seed=seed,
-                                progress=False, work=work)
-    except (cl.TrainingError, *CELL_ERRORS) as err:
-        row, records = {"status": "error", "error": f"{type(err).__name__}: {err}",
-                        "test_nll": float("nan")}, []
-    row["cell_seconds"] = time.perf_counter() - t
-    return row, records, dir_seconds
+    return guarded_cell(model, steer, method, settings, work, seed=seed, progress=False)
 
 
 def default_loader(model_name: str) -> Callable[[], Any]:

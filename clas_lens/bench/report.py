@@ -9,6 +9,7 @@ A value whose row has ``<col>_ci_low`` and ``<col>_ci_high`` is shown with its i
 Example:
     >>> from clas_lens.bench.harness import read_results          # doctest: +SKIP
     >>> rows = read_results("results/benchmarks.csv")             # doctest: +SKIP
+    >>> from clas_lens.bench.store import read_paired             # doctest: +SKIP
     >>> paired = read_paired("results/paired.csv")                # doctest: +SKIP
     >>> text = render_markdown(rows, paired=paired)               # doctest: +SKIP
     >>> fig = nll_figure(rows)                                    # doctest: +SKIP
@@ -16,29 +17,19 @@ Example:
 
 from __future__ import annotations
 
-import csv
-import io
 import math
-import numbers
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import numpy as np
-
 from clas_lens.bench.stats import LEVEL, N_RESAMPLES, SEED
+from clas_lens.bench.store import truth
 from clas_lens.io import atomic_write_text
 
 METHOD_ORDER = ("base_prompt", "steer_prompt", "las", "las_layerwise", "clas", "reft", "lora")
 SETTING_COLUMNS = ("model", "protocol", "direction_method", "seed", "n_test", "epochs",
                    "las_grid_size", "max_completion_tokens", "gen_rows", "max_new_tokens",
                    "repetition_penalty", "clas_lens", "transformer_lens", "torch")
-#: the columns of ``paired.csv``, in order (see :func:`write_paired`)
-PAIRED_COLUMNS = ("benchmark", "method", "measure", "reference", "mean_diff", "ci_low", "ci_high",
-                  "verdict", "n", "n_missing", "higher_is_better")
-_PAIRED_FLOATS = ("mean_diff", "ci_low", "ci_high")
-_PAIRED_INTS = ("n", "n_missing")
-_PAIRED_STRINGS = ("benchmark", "method", "measure", "reference", "verdict")
 _MINUS = "\u2212"
 
 
@@ -184,15 +175,6 @@ def settings_summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _truth(v) -> bool | None:
-    """A boolean from a bool, a number or CSV text (``True`` / ``False``); ``None`` when empty."""
-    if v is None or v == "":
-        return None
-    if isinstance(v, str):
-        return v.strip().lower() in ("true", "1", "yes")
-    return bool(v)
-
-
 def _signed(x: float) -> str:
     return f"{x:+.3f}".replace("-", _MINUS)
 
@@ -215,7 +197,8 @@ def paired_table(paired: Iterable[Mapping], measure: str = "test_nll") -> str:
     """Markdown table benchmark x method of the paired comparisons of CLAS on one measure.
 
     Args:
-        paired: rows of ``paired.csv`` (numbers or CSV text), see :data:`PAIRED_COLUMNS`.
+        paired: rows of ``paired.csv`` (numbers or CSV text), see
+            :data:`~clas_lens.bench.store.PAIRED_COLUMNS`.
         measure: the measure shown.
 
     Returns:
@@ -231,7 +214,7 @@ def paired_table(paired: Iterable[Mapping], measure: str = "test_nll") -> str:
 
 
 def _direction(prows: list[Mapping]) -> str:
-    dirs = {_truth(p.get("higher_is_better")) for p in prows}
+    dirs = {truth(p.get("higher_is_better")) for p in prows}
     if dirs == {False}:
         return " (lower is better: a negative difference favours CLAS)"
     return " (higher is better: a positive difference favours CLAS)" if dirs == {True} else ""
@@ -249,7 +232,8 @@ def paired_summary(paired: Iterable[Mapping]) -> str:
     """Markdown summary of ``paired.csv``: verdict counts per measure, tables of NLL and judge score.
 
     Args:
-        paired: rows of ``paired.csv`` (numbers or CSV text), see :data:`PAIRED_COLUMNS`.
+        paired: rows of ``paired.csv`` (numbers or CSV text), see
+            :data:`~clas_lens.bench.store.PAIRED_COLUMNS`.
 
     Returns:
         The markdown (no section heading): the method, one count line per measure present,
@@ -450,81 +434,6 @@ def write_markdown(rows: list[dict], path: str | os.PathLike, *, paired: Iterabl
     return path
 
 
-def _csv_text(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, (bool, np.bool_)):
-        return str(bool(v))
-    if isinstance(v, numbers.Integral):
-        return str(int(v))
-    return repr(float(v)) if isinstance(v, numbers.Real) else str(v)
-
-
-def write_paired(path: str | os.PathLike, paired: Iterable[Mapping]) -> Path:
-    """Write the paired comparisons as ``paired.csv`` (atomically).
-
-    Args:
-        path: the CSV path.
-        paired: dicts with the :data:`PAIRED_COLUMNS` (absent keys are left empty; other
-            keys follow as extra columns, sorted by name).
-
-    Returns:
-        The path written. Floats are written with ``repr`` (read back exactly), ``None`` as
-        an empty cell, booleans as ``True`` / ``False``.
-    """
-    paired = list(paired)
-    cols = list(PAIRED_COLUMNS) + sorted({k for p in paired for k in p} - set(PAIRED_COLUMNS))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=cols, restval="", lineterminator="\n")
-    writer.writeheader()
-    for p in paired:
-        writer.writerow({k: _csv_text(p.get(k)) for k in cols})
-    atomic_write_text(path, buf.getvalue())
-    return Path(path)
-
-
-def _parse_paired(key: str, text: str):
-    if text == "":
-        return None
-    if key in _PAIRED_STRINGS:
-        return text
-    if key == "higher_is_better":
-        return _truth(text)
-    kinds = (float,) if key in _PAIRED_FLOATS else (int,) if key in _PAIRED_INTS else (int, float, str)
-    for kind in kinds:
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    kind = "a number" if kinds == (float,) else "an integer"
-    raise ValueError(f"column {key!r} holds {text!r}, not {kind}")
-
-
-def read_paired(path: str | os.PathLike) -> list[dict]:
-    """Rows of a ``paired.csv`` with numbers and booleans parsed (empty cells are ``None``).
-
-    Args:
-        path: the CSV written by :func:`write_paired`.
-
-    Returns:
-        One dict per comparison; ``[]`` when the file does not exist.
-
-    Raises:
-        ValueError: a number column holds text that is not a number of its kind.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as fh:
-        out = []
-        for i, r in enumerate(csv.DictReader(fh), start=2):
-            try:
-                out.append({k: _parse_paired(k, v) for k, v in r.items()})
-            except ValueError as e:
-                raise ValueError(f"{path}, line {i}: {e}") from None
-        return out
-
-
 def nll_figure(rows: list[dict], col: str = "test_nll", *, ylabel: str | None = None):
     """Grouped bars of one result column: benchmarks on the x axis, one bar per method.
 
@@ -583,6 +492,5 @@ def nll_figure(rows: list[dict], col: str = "test_nll", *, ylabel: str | None = 
     return fig
 
 
-__all__ = ["PAIRED_COLUMNS", "cost_table", "directions_table", "metric_tables", "nll_figure", "nll_table",
-           "paired_summary", "paired_table", "read_paired", "render_markdown", "write_markdown",
-           "write_paired"]
+__all__ = ["cost_table", "directions_table", "metric_tables", "nll_figure", "nll_table",
+           "paired_summary", "paired_table", "render_markdown", "write_markdown"]

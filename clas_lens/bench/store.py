@@ -23,8 +23,12 @@ import csv
 import io
 import json
 import math
+import numbers
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+import numpy as np
 
 from clas_lens.io import atomic_write_text
 
@@ -51,6 +55,13 @@ COLUMNS = (
     "error", "judge_model", "judge_score", "judge_score_ci_low", "judge_score_ci_high",
     "judge_ok", "judge_unparseable", "judge_missing",
 )
+
+#: the columns of ``paired.csv``, in order (see :func:`write_paired`)
+PAIRED_COLUMNS = ("benchmark", "method", "measure", "reference", "mean_diff", "ci_low", "ci_high",
+                  "verdict", "n", "n_missing", "higher_is_better")
+_PAIRED_FLOATS = ("mean_diff", "ci_low", "ci_high")
+_PAIRED_INTS = ("n", "n_missing")
+_PAIRED_STRINGS = ("benchmark", "method", "measure", "reference", "verdict")
 
 STRING_COLUMNS = {"benchmark", "method", "status", "model", "data_sha256", "direction_method",
                   "clas_lens", "transformer_lens", "torch", "error", "las_grid", "protocol",
@@ -88,17 +99,107 @@ def read_results(path: str | os.PathLike) -> list[dict]:
                 for r in csv.DictReader(fh)]
 
 
-def write_results(path: str | os.PathLike, rows: list[dict]) -> None:
-    """Rewrite the results CSV atomically (fixed columns, then the ``m_*`` columns)."""
-    metric_cols = sorted({k for r in rows for k in r if k.startswith("m_")})
-    extra = sorted({k for r in rows for k in r} - set(COLUMNS) - set(metric_cols))
-    cols = list(COLUMNS) + metric_cols + extra
+def write_csv(path: str | os.PathLike, rows: Iterable[Mapping], columns: Iterable[str],
+              cell=fmt) -> Path:
+    """Write ``rows`` atomically: ``columns`` first, every other key after them, sorted.
+
+    Args:
+        path: the CSV path.
+        rows: dicts (absent keys are empty cells).
+        columns: the leading columns, in order.
+        cell: the text of a value (default :func:`fmt`).
+    """
+    rows, columns = list(rows), list(columns)
+    cols = columns + sorted({k for r in rows for k in r} - set(columns))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, restval="", lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: fmt(r.get(k)) for k in cols})
+        w.writerow({k: cell(r.get(k)) for k in cols})
     atomic_write_text(path, buf.getvalue())
+    return Path(path)
+
+
+def write_results(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Rewrite the results CSV atomically (fixed columns, then the ``m_*`` columns)."""
+    metric_cols = sorted({k for r in rows for k in r if k.startswith("m_")})
+    write_csv(path, rows, list(COLUMNS) + metric_cols)
+
+
+def truth(v) -> bool | None:
+    """A boolean from a bool, a number or CSV text (``True`` / ``False``); ``None`` when empty."""
+    if v is None or v == "":
+        return None
+    if isinstance(v, str):
+        return v.strip().lower() in ("true", "1", "yes")
+    return bool(v)
+
+
+def _paired_text(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, numbers.Integral):
+        return str(int(v))
+    return repr(float(v)) if isinstance(v, numbers.Real) else str(v)
+
+
+def write_paired(path: str | os.PathLike, paired: Iterable[Mapping]) -> Path:
+    """Write the paired comparisons as ``paired.csv`` (atomically).
+
+    Args:
+        path: the CSV path.
+        paired: dicts with the :data:`PAIRED_COLUMNS` (absent keys are left empty; other
+            keys follow as extra columns, sorted by name).
+
+    Returns:
+        The path written. Floats are written with ``repr`` (read back exactly), ``None`` as
+        an empty cell, booleans as ``True`` / ``False``.
+    """
+    return write_csv(path, paired, PAIRED_COLUMNS, cell=_paired_text)
+
+
+def _parse_paired(key: str, text: str):
+    if text == "":
+        return None
+    if key in _PAIRED_STRINGS:
+        return text
+    if key == "higher_is_better":
+        return truth(text)
+    kinds = (float,) if key in _PAIRED_FLOATS else (int,) if key in _PAIRED_INTS else (int, float, str)
+    for kind in kinds:
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    kind = "a number" if kinds == (float,) else "an integer"
+    raise ValueError(f"column {key!r} holds {text!r}, not {kind}")
+
+
+def read_paired(path: str | os.PathLike) -> list[dict]:
+    """Rows of a ``paired.csv`` with numbers and booleans parsed (empty cells are ``None``).
+
+    Args:
+        path: the CSV written by :func:`write_paired`.
+
+    Returns:
+        One dict per comparison; ``[]`` when the file does not exist.
+
+    Raises:
+        ValueError: a number column holds text that is not a number of its kind.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        out = []
+        for i, r in enumerate(csv.DictReader(fh), start=2):
+            try:
+                out.append({k: _parse_paired(k, v) for k, v in r.items()})
+            except ValueError as e:
+                raise ValueError(f"{path}, line {i}: {e}") from None
+        return out
 
 
 def cell_key(row: dict) -> tuple:
@@ -158,6 +259,7 @@ class ResultStore:
             self.done.add(key)
 
 
-__all__ = ["CACHE_DIR", "COLUMNS", "CSV_NAME", "MD_NAME", "PAIRED_NAME", "RECORDS_NAME",
-           "ResultStore", "SETTING_KEYS", "STRING_COLUMNS", "cell_key", "fmt", "parse",
-           "read_records", "read_results", "write_records", "write_results"]
+__all__ = ["CACHE_DIR", "COLUMNS", "CSV_NAME", "MD_NAME", "PAIRED_COLUMNS", "PAIRED_NAME",
+           "RECORDS_NAME", "ResultStore", "SETTING_KEYS", "STRING_COLUMNS", "cell_key", "fmt",
+           "parse", "read_paired", "read_records", "read_results", "truth", "write_csv",
+           "write_paired", "write_records", "write_results"]
