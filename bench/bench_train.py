@@ -12,10 +12,13 @@ hook records ``requires_grad`` of every weight during the training forward, and
 every weight's ``.grad`` is checked to be ``None`` afterwards.
 
 ``train_step_vs_naive``: one optimiser step of ``train(model, clas, pairs, epochs=1)`` with
-its defaults (micro-batches of at most 512 padded tokens) / the same call with the loss
-computed as before logits were restricted: full logits at every position, cross-entropy
-over all of them with the prompt and padding ignored. Same pairs (10 GSM8K-shaped pairs:
-about 136 prompt and 192 completion tokens each), same hooks, micro-batches and optimiser.
+its defaults (micro-batches of at most 512 padded tokens) / the same call computed as the
+step was before this measure was introduced: eager attention (TransformerLens's own
+attention, whose pattern is kept for the backward pass) and full logits at every position,
+cross-entropy over all of them with the prompt and padding ignored. Same pairs (10
+GSM8K-shaped pairs: about 136 prompt and 192 completion tokens each), same hooks,
+micro-batches and optimiser. ``step_vs_all_position_logits`` isolates the logits: the
+default step / the same step (fused attention) with full logits at every position.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch
 import clas_lens.training as training
 from clas_lens.directions import resid_hook
 from clas_lens.losses import collate, encode_pairs, nll_sums
-from clas_lens.model import model_device, pad_id
+from clas_lens.model import fast_attention, model_device, pad_id
 
 
 def run(args, model=None) -> dict:
@@ -110,22 +113,30 @@ def run_vs_naive(args, model=None) -> dict:
     def step():
         C.cl.train(model, st, pairs, None, epochs=1, progress=False)
 
-    def naive():
+    def all_logits():
         training.nll_sums = all_position_nll_sums
         try:
             C.cl.train(model, st, pairs, None, epochs=1, progress=False)
         finally:
             training.nll_sums = own
 
+    def naive():
+        with fast_attention(model, enabled=False):
+            all_logits()
+
     with C.PeakRSS() as mon:
-        t = C.interleave({"naive": naive, "step": step}, reps)
+        t = C.interleave({"naive": naive, "all_logits": all_logits, "step": step}, reps)
     r = C.ratio(t, "step", "naive")
+    r_logits = C.ratio(t, "step", "all_logits")
     return {
         "train_step_vs_naive": r["value"], "train_step_vs_naive_wall": r["wall"],
         "train_step_vs_naive_cpu": r["cpu"], "naive_step_s_cpu": C.med(t["naive"]["cpu"]),
+        "step_vs_all_position_logits": r_logits["value"],
+        "all_position_logits_step_s_cpu": C.med(t["all_logits"]["cpu"]),
         "step_s_cpu": C.med(t["step"]["cpu"]), "n_examples": n,
         "prompt_tokens": sum(k for _, k in enc), "completion_tokens": sum(len(s) - k for s, k in enc),
         "reps": reps, "peak_rss_mb": round(mon.peak, 1), "rounds_vs_naive": r,
+        "rounds_vs_all_position_logits": r_logits,
     }
 
 
