@@ -209,9 +209,8 @@ def guarded_cell(model, steer, method: str, settings: dict, work, *, seed: int =
     Returns:
         ``(row, records, direction_seconds)``: ``row`` has ``cell_seconds``; a cell that
         raised one of :data:`CELL_ERRORS` (a :class:`~clas_lens.training.TrainingError` is a
-        ``RuntimeError``) has ``status="error"``, the
-        error's text, a NaN ``test_nll`` and no records; ``direction_seconds`` is ``None``
-        for a method without directions.
+        ``RuntimeError``) has ``status="error"``, the error's text, a NaN ``test_nll`` and
+        no records; ``direction_seconds`` is ``None`` for a method without directions.
     """
     dirs, dir_seconds = (work.directions(model, progress=progress)
                          if method in DIRECTION_METHODS else (None, None))
