@@ -17,7 +17,6 @@ coefficients, the full NLL curve and the indices the bracket evaluated.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import time
@@ -31,15 +30,13 @@ def check(model, csv: Path, cache: Path) -> dict:
     import clas_lens as cl
     from clas_lens.bench.cell import by_length, target_pairs
     from clas_lens.bench.harness import REPETITION_PENALTY, benchmark_settings, resolve_settings
-    from clas_lens.bench.shared import BenchmarkWork
+    from clas_lens.bench.parallel import cell_work
     from clas_lens.training import las_grid, resolve_protocol
 
     steer = cl.SteerSet.from_reference_csv(csv)
     settings = {**benchmark_settings(model, steer, resolve_settings(False)),
                 "repetition_penalty": REPETITION_PENALTY}
-    sha = hashlib.sha256(csv.read_bytes()).hexdigest()[:16]
-    work = BenchmarkWork(steer, settings, data_sha256=sha, folder=cache / steer.name,
-                         direction_method="rfm", seed=0)
+    work = cell_work(steer, csv, settings, "rfm", 0, cache)
     dirs, _ = work.directions(model, progress=False)
     rule = resolve_protocol(settings["protocol"])["end_of_turn"]
     pairs = by_length(model, target_pairs(steer.train.prompts, steer.train, rule))
