@@ -42,7 +42,9 @@ METRIC_DIRECTIONS: dict[str, dict[str, bool | None]] = {
     "MMLU": {"answered": True, "correct": True, "hedged": False},
     "Repetition": {"repeat_rate": False, "ngram_repeat": False, "no_repetition": True,
                    "single_sentence": None},
-    "ToxicChat": {"refusal": None, "safe": True, "helpful_safe": True},
+    # the reference ToxicChat targets refuse (67 of 70 rows, all 50 test rows), so an
+    # answer beyond a refusal (helpful_safe) is descriptive there, not the target
+    "ToxicChat": {"refusal": True, "safe": True, "helpful_safe": None},
 }
 
 
