@@ -517,6 +517,11 @@ def _sdpa_capable(attn) -> bool:
         isinstance(rope, dict) and rope.get("llama_4_scaling_beta") is not None)
 
 
+def eager_forced(model) -> bool:
+    """Whether the model runs inside ``fast_attention(model, enabled=False)`` (eager reference)."""
+    return bool(_FORCED_EAGER.get(model))
+
+
 def _hooked(point) -> bool:
     """Whether a hook point has a forward hook (or pre-hook) attached."""
     return point is not None and bool(point._forward_hooks or point._forward_pre_hooks)
@@ -600,7 +605,8 @@ def fast_attention(model, enabled: bool = True):
     nested in another one leaves the outer block's setting alone, except
     ``fast_attention(model, enabled=False)``: inside it the model runs eagerly, whatever
     blocks are around it or inside it (to compute an eager reference through code that
-    uses this block itself, such as :func:`clas_lens.losses.nll_sums`).
+    uses this block itself, such as :func:`clas_lens.losses.nll_sums`); inside it
+    :func:`clas_lens.lean_mlp.lean_mlp` leaves the MLPs eager too.
 
     Only models whose attention layers are all plain rotary attention (Llama-style models
     such as SmolLM2) are switched; on any other model (Gemma 3's normed Q/K, say) the block
