@@ -23,6 +23,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from clas_lens.data import LLAMA_EOT, SteerSet
+from clas_lens.lean_mlp import lean_mlp
 from clas_lens.model import (
     chat_ids,
     check_batch_size,
@@ -162,8 +163,8 @@ def head_matches(model) -> bool:
     """Whether :func:`final_residual` + :func:`head_logits` give the model's own logits.
 
     Checked once per model on an 8-token input (cached): a model whose forward does more
-    after the final norm and unembedding (say, logit soft-capping) fails the check, and the
-    losses then use its full logits.
+    after the final norm and unembedding (say, logit soft-capping), or whose head mixes
+    positions, fails the check, and the losses then use its full logits.
     """
     if model in _HEAD_OK:
         return _HEAD_OK[model]
@@ -174,11 +175,66 @@ def head_matches(model) -> bool:
         ids = (torch.arange(8) * 7 + 3).remainder(vocab).unsqueeze(0).to(model_device(model))
         with torch.inference_mode():
             full = model(ids).float()
-            part = head_logits(model, final_residual(model, ids)[0]).float()
+            h = final_residual(model, ids)[0]
+            part = head_logits(model, h).float()
+            rows = head_logits(model, h[2:5]).float()  # the head acts on each row alone
         tol = (1e-3 if full.dtype == torch.float32 else 2e-2) * (1.0 + float(full.abs().max()))
-        ok = part.shape == full.shape[1:] and float((part - full[0]).abs().max()) <= tol
+        ok = part.shape == full.shape[1:] and float((part - full[0]).abs().max()) <= tol \
+            and float((rows - part[2:5]).abs().max()) <= tol
     _HEAD_OK[model] = ok
     return ok
+
+
+#: rows of logits made at a time when a gradient is needed (:class:`HeadCE`)
+GRAD_HEAD_CHUNK = 64
+
+
+class HeadCE(torch.autograd.Function):
+    """Per-row cross-entropy of ``head(h)``, differentiable in ``h``, without logit-sized saves.
+
+    The forward pass runs the head (final norm and unembedding) ``chunk`` rows at a time
+    and computes, for each row, the cross-entropy and its gradient with respect to that
+    row; only the ``[n, d]`` gradient is kept for the backward pass, which scales it by the
+    incoming per-row gradient. The head must act on each row alone (true of a final norm and
+    an unembedding; :func:`head_matches` checks it). Training through the standard head
+    keeps ``[n, vocab]`` logits for the backward pass and makes two more of that size in it.
+
+    Example:
+        >>> head = torch.nn.Linear(4, 10)
+        >>> h, tgt = torch.randn(5, 4, requires_grad=True), torch.tensor([1, 2, 3, 4, 5])
+        >>> ce = HeadCE.apply(h, tgt, head, 2)
+        >>> torch.allclose(ce, token_ce(head(h), tgt))
+        True
+    """
+
+    @staticmethod
+    def forward(ctx, h, targets, head, chunk: int):
+        ces, grads = [], []
+        for k in range(0, h.shape[0], chunk):
+            with torch.enable_grad():
+                x = h[k:k + chunk].detach().requires_grad_(True)
+                logits = head(x)
+            # d ce / d logits = softmax - one-hot target, made in place in the float logits
+            # (the unembedding's backward needs its input, not its output)
+            d, tgt = logits.detach().float(), targets[k:k + chunk].unsqueeze(-1)
+            picked, top = d.gather(-1, tgt), d.amax(-1, keepdim=True)
+            total = d.sub_(top).exp_().sum(-1, keepdim=True)
+            ces.append((top + total.log() - picked).squeeze(-1))
+            d.div_(total).scatter_add_(-1, tgt, torch.full_like(total, -1.0))
+            (g,) = torch.autograd.grad(logits, x, d.to(logits.dtype))
+            del logits, d
+            grads.append(g)
+        if not ces:
+            ctx.save_for_backward(h.detach().clone())
+            return h.new_zeros(0, dtype=torch.float32)
+        ctx.save_for_backward(torch.cat(grads))
+        return torch.cat(ces)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_ce):
+        (g,) = ctx.saved_tensors
+        return g * grad_ce.unsqueeze(-1).to(g.dtype), None, None, None
 
 
 def token_ce(logits: Float[Tensor, "n vocab"], targets: Int[Tensor, " n"], *,
@@ -227,8 +283,11 @@ def nll_sums(model, encoded, pad: int, device, *,
     only at the positions that predict completion tokens (in chunks of :data:`HEAD_CHUNK`
     rows when no gradient is needed). A model on which that head differs from its own
     logits (see :func:`head_matches`), or ``all_positions=True``, takes the full logits.
-    The forward pass runs under :func:`~clas_lens.model.fast_attention`: no attention
-    pattern is kept for the backward pass (a layer with a hook on its pattern stays eager).
+    The forward pass runs under :func:`~clas_lens.model.fast_attention` and
+    :func:`~clas_lens.lean_mlp.lean_mlp`: no attention pattern is kept for the backward pass
+    (a layer with a hook on its pattern stays eager), and a SwiGLU MLP keeps two activations
+    per token instead of three. With a gradient, the head's cross-entropy runs through
+    :class:`HeadCE` (no logit-sized tensor is kept for the backward pass).
 
     Args:
         model: the model (steered or not: hooks already in place apply).
@@ -239,18 +298,25 @@ def nll_sums(model, encoded, pad: int, device, *,
     """
     ids, mask, labels = collate(encoded, pad, device)
     if all_positions or not head_matches(model):
-        with fast_attention(model):
+        with fast_attention(model), lean_mlp(model):
             return token_nll_sums(model(ids, attention_mask=mask), labels)
     valid = labels[:, 1:] != -100
-    with fast_attention(model):
+    with fast_attention(model), lean_mlp(model):
         h = final_residual(model, ids, mask)[:, :-1][valid]
     tgt = labels[:, 1:][valid]
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled() and not _head_trainable(model):
+        ce = HeadCE.apply(h, tgt, lambda x: head_logits(model, x), GRAD_HEAD_CHUNK)
+    elif torch.is_grad_enabled():
         ce = token_ce(head_logits(model, h), tgt)
     else:
         ce = torch.cat([token_ce(head_logits(model, h[k:k + HEAD_CHUNK]), tgt[k:k + HEAD_CHUNK])
                         for k in range(0, max(len(tgt), 1), HEAD_CHUNK)])
     return _per_example(ce, labels)
+
+
+def _head_trainable(model) -> bool:
+    """Whether a parameter of the final norm or the unembedding requires a gradient."""
+    return any(p.requires_grad for m in (model.ln_final, model.unembed) for p in m.parameters())
 
 
 def micro_batches(batch: list, size: int | None, tokens: int) -> list[list]:
@@ -310,6 +376,7 @@ def completion_nll(model, steerer: Steerer | None, pairs, *, batch_size: int = 8
     return float(s.sum() / n.sum().clamp(min=1))
 
 
-__all__ = ["END_OF_TURN_RULES", "HEAD_CHUNK", "as_pairs", "check_end_of_turn", "collate",
-           "completion_nll", "encode_pairs", "end_of_turn_flags", "final_residual", "head_logits",
-           "head_matches", "micro_batches", "nll_sums", "token_ce", "token_nll_sums"]
+__all__ = ["END_OF_TURN_RULES", "GRAD_HEAD_CHUNK", "HEAD_CHUNK", "HeadCE", "as_pairs",
+           "check_end_of_turn", "collate", "completion_nll", "encode_pairs", "end_of_turn_flags",
+           "final_residual", "head_logits", "head_matches", "micro_batches", "nll_sums", "token_ce",
+           "token_nll_sums"]

@@ -7,6 +7,7 @@ from conftest import random_directions, randomize
 
 import clas_lens as cl
 from clas_lens.losses import (
+    HeadCE,
     collate,
     completion_nll,
     encode_pairs,
@@ -14,6 +15,7 @@ from clas_lens.losses import (
     head_matches,
     micro_batches,
     nll_sums,
+    token_ce,
 )
 
 # prompts and completions of different lengths: the batch is padded, rows predict
@@ -53,16 +55,18 @@ def test_head_on_completion_positions_only(tiny):
 
 
 def test_nll_sums_and_gradients_equal_full_logits(tiny):
-    """Per-example sums and the steerer's parameter gradients equal the all-position loss."""
+    """Per-example sums and the steerer's parameter gradients equal the all-position loss
+    (each example weighted differently: the head's gradient must follow each row's weight)."""
     enc = encode_pairs(tiny, PAIRS)
     st = steered(tiny)
+    weights = torch.tensor([1.0, -2.0, 0.5, 3.0])
     got, want = {}, {}
     for name, fn in [("head", lambda: nll_sums(tiny, enc, 0, "cpu")[0]),
                      ("full", lambda: all_logits_reference(tiny, enc))]:
         st.zero_grad(set_to_none=True)
         with st.apply(tiny):
             sums = fn()
-            sums.sum().backward()
+            (sums * weights).sum().backward()
         (got if name == "head" else want).update(
             sums=sums.detach().clone(), **{k: p.grad.clone() for k, p in st.named_parameters()})
     assert torch.allclose(got["sums"], want["sums"], rtol=1e-5, atol=1e-5)
@@ -72,6 +76,29 @@ def test_nll_sums_and_gradients_equal_full_logits(tiny):
         assert torch.allclose(got[k], want[k], rtol=1e-5, atol=1e-6), k
     counts = nll_sums(tiny, enc, 0, "cpu")[1]
     assert counts.tolist() == [len(s) - n for s, n in enc]
+
+
+def test_head_ce_gradient_follows_each_row():
+    """HeadCE gives token_ce's values and, whatever the chunking, each row's own gradient
+    times that row's incoming weight (a missing scale or a chunk offset error changes it)."""
+    g = torch.Generator().manual_seed(0)
+    head = torch.nn.Sequential(torch.nn.LayerNorm(6), torch.nn.Linear(6, 11))
+    h = torch.randn(7, 6, generator=g)
+    tgt = torch.randint(0, 11, (7,), generator=g)
+    w = torch.rand(7, generator=g) + 0.5
+    ref = h.clone().requires_grad_(True)
+    want = token_ce(head(ref), tgt)
+    (want * w).sum().backward()
+    for chunk in (1, 3, 64):
+        x = h.clone().requires_grad_(True)
+        ce = HeadCE.apply(x, tgt, head, chunk)
+        (ce * w).sum().backward()
+        assert torch.allclose(ce, want.detach(), atol=1e-6)
+        assert torch.allclose(x.grad, ref.grad, atol=1e-6), chunk
+    empty = torch.zeros(0, 6, requires_grad=True)
+    out = HeadCE.apply(empty, tgt[:0], head, 3)
+    out.sum().backward()
+    assert out.shape == (0,) and empty.grad.shape == (0, 6)
 
 
 def test_completion_nll_micro_batches_keep_pair_order(tiny):
