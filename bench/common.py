@@ -25,8 +25,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # OpenMP threads that spin at barriers burn the CPU other jobs (and our own second
-# thread) need; with PASSIVE they sleep. Set before torch is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# thread) need; with PASSIVE they sleep. Set before torch is imported, except in a run
+# with the library's default threads (``--threads 0``), which runs as a user's process
+# does: PASSIVE made a two-thread training step about as slow as a one-thread one.
+USER_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
+LIBRARY_THREADS = os.environ.get("BENCH_THREADS") == "0" or "--threads=0" in sys.argv or any(
+    a == "--threads" and b == "0" for a, b in zip(sys.argv, sys.argv[1:]))
+if not LIBRARY_THREADS:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import warnings  # noqa: E402
 

@@ -60,8 +60,12 @@ def run_memory(args, jsonl, micro, script="bench_memory.py", extra=None, threads
         cmd.append("--quick")
     if args.clock:
         cmd += ["--clock", args.clock]
-    cmd += ["--threads", str(args.threads if threads is None else threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    n_threads = args.threads if threads is None else threads
+    cmd += ["--threads", str(n_threads)]
+    run_env = {**os.environ, **(env or {})}
+    if n_threads == 0 and C.USER_OMP_WAIT_POLICY is None:  # the library's defaults, all of them
+        run_env.pop("OMP_WAIT_POLICY", None)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=run_env)
     if out.returncode != 0:
         print(out.stderr[-3000:], file=sys.stderr)
         raise RuntimeError(f"{script} {' '.join(extra)} failed")
