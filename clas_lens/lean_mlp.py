@@ -76,8 +76,9 @@ def _lean_forward(model, mlp, weights):
     """A forward for ``mlp`` that runs :class:`SwiGLU` when it can, else the eager forward.
 
     The eager forward runs when no gradient is needed (evaluation is unchanged), when a
-    weight requires a gradient, inside ``fast_attention(model, enabled=False)``, or when a
-    hook point inside the MLP (gate, up or down projection) has a hook.
+    weight requires a gradient or differs from the input in dtype or device, inside
+    ``fast_attention(model, enabled=False)``, or when a hook point inside the MLP (gate, up
+    or down projection) has a hook.
     """
     eager = mlp.forward
     inner = [m for n, m in mlp.named_modules()
@@ -85,12 +86,11 @@ def _lean_forward(model, mlp, weights):
 
     def forward(x: Float[Tensor, "batch pos d_model"], *args, **kwargs):
         if args or kwargs or not torch.is_grad_enabled() or not isinstance(x, Tensor) \
-                or not x.requires_grad or any(w.requires_grad for w in weights) \
-                or eager_forced(model) \
+                or not x.requires_grad or eager_forced(model) \
+                or any(w.requires_grad or w.dtype != x.dtype or w.device != x.device for w in weights) \
                 or any(m._forward_hooks or m._forward_pre_hooks for m in inner):
             return eager(x, *args, **kwargs)
-        w = [t if t.dtype == x.dtype else t.to(x.dtype) for t in weights]
-        return mlp.hook_out(SwiGLU.apply(mlp.hook_in(x), *w))
+        return mlp.hook_out(SwiGLU.apply(mlp.hook_in(x), *weights))
 
     return forward
 
