@@ -7,7 +7,7 @@ such an MLP keeps ``gate(x)`` and ``up(x)`` only and recomputes the SiLU in the 
 pass (an elementwise op); its output is the same computation as the eager forward.
 
 Example:
-    >>> x = torch.randn(2, 5, 576, requires_grad=True)
+    >>> x = torch.randn(2, 5, model.cfg.d_model, requires_grad=True)
     >>> mlp = model.blocks[0].mlp
     >>> with lean_mlp(model) as n_switched:
     ...     lean = mlp(x)
