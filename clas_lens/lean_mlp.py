@@ -26,7 +26,7 @@ from jaxtyping import Float
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from clas_lens.model import eager_forced
+from clas_lens.model import eager_forced, is_hooked
 
 
 class SwiGLU(torch.autograd.Function):
@@ -88,7 +88,7 @@ def _lean_forward(model, mlp, weights):
         if args or kwargs or not torch.is_grad_enabled() or not isinstance(x, Tensor) \
                 or not x.requires_grad or eager_forced(model) \
                 or any(w.requires_grad or w.dtype != x.dtype or w.device != x.device for w in weights) \
-                or any(m._forward_hooks or m._forward_pre_hooks for m in inner):
+                or any(is_hooked(m) for m in inner):
             return eager(x, *args, **kwargs)
         return mlp.hook_out(SwiGLU.apply(mlp.hook_in(x), *weights))
 
@@ -107,12 +107,10 @@ def lean_mlp(model):
     Yields:
         The number of MLPs switched (0 on other models: the block changes nothing).
     """
-    from transformer_lens.model_bridge.generalized_components.gated_mlp import GatedMLPBridge
-
     switched = []
     try:
         for mlp in model.modules():
-            weights = _weights(mlp) if isinstance(mlp, GatedMLPBridge) else None
+            weights = _weights(mlp)
             if weights is not None:
                 vars(mlp)["forward"] = _lean_forward(model, mlp, weights)
                 switched.append(mlp)

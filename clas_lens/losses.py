@@ -224,11 +224,8 @@ class HeadCE(torch.autograd.Function):
             (g,) = torch.autograd.grad(logits, x, d.to(logits.dtype))
             del logits, d
             grads.append(g)
-        if not ces:
-            ctx.save_for_backward(h.detach().clone())
-            return h.new_zeros(0, dtype=torch.float32)
-        ctx.save_for_backward(torch.cat(grads))
-        return torch.cat(ces)
+        ctx.save_for_backward(torch.cat(grads) if grads else h.detach()[:0])
+        return torch.cat(ces) if ces else h.new_zeros(0, dtype=torch.float32)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -297,11 +294,12 @@ def nll_sums(model, encoded, pad: int, device, *,
         all_positions: compute the logits at every position (the generic path).
     """
     ids, mask, labels = collate(encoded, pad, device)
+    lean = lean_mlp(model) if torch.is_grad_enabled() else nullcontext()  # only backward gains
     if all_positions or not head_matches(model):
-        with fast_attention(model), lean_mlp(model):
+        with fast_attention(model), lean:
             return token_nll_sums(model(ids, attention_mask=mask), labels)
     valid = labels[:, 1:] != -100
-    with fast_attention(model), lean_mlp(model):
+    with fast_attention(model), lean:
         h = final_residual(model, ids, mask)[:, :-1][valid]
     tgt = labels[:, 1:][valid]
     if torch.is_grad_enabled() and not _head_trainable(model):

@@ -522,7 +522,7 @@ def eager_forced(model) -> bool:
     return bool(_FORCED_EAGER.get(model))
 
 
-def _hooked(point) -> bool:
+def is_hooked(point) -> bool:
     """Whether a hook point has a forward hook (or pre-hook) attached."""
     return point is not None and bool(point._forward_hooks or point._forward_pre_hooks)
 
@@ -543,7 +543,7 @@ def _sdpa_forward(model, attn):
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         pe = kwargs.get("position_embeddings")
         mask = kwargs.get("attention_mask")
-        if (_FORCED_EAGER.get(model) or any(_hooked(p) for p in pattern_points)
+        if (_FORCED_EAGER.get(model) or any(is_hooked(p) for p in pattern_points)
                 or not isinstance(hidden, torch.Tensor)
                 or len(args) > 1 or (len(args) == 1 and "hidden_states" in kwargs)
                 or not (isinstance(pe, tuple) and len(pe) == 2)
