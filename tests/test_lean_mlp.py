@@ -1,5 +1,7 @@
 """lean_mlp: SwiGLU MLPs that keep two activations per token for the backward pass."""
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -10,6 +12,19 @@ from clas_lens.model import fast_attention
 def mlp_input(model, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(2, 7, model.cfg.d_model, generator=g).requires_grad_(True)
+
+
+@contextmanager
+def frozen(model):
+    """The model's weights need no gradient inside the block (the shared fixture's flags are
+    restored after)."""
+    flags = [p.requires_grad for p in model.parameters()]
+    model.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
 
 
 def saved_bytes(model, fn) -> int:
@@ -47,17 +62,17 @@ def test_swiglu_equals_autograd():
 def test_lean_mlp_matches_eager_and_saves_less(tiny):
     """Inside the block every MLP of the tiny Llama is switched: same output and input
     gradient as eager, and two of the three d_mlp-wide activations saved per token."""
-    tiny.requires_grad_(False)
     mlp = tiny.blocks[1].mlp
     x = mlp_input(tiny)
     up = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
-    eager_saved = saved_bytes(tiny, lambda: mlp(x))
-    eager = mlp(x)
-    (dx_eager,) = torch.autograd.grad((eager * up).sum(), x)
-    with lean_mlp(tiny) as n:
-        lean_saved = saved_bytes(tiny, lambda: mlp(x))
-        lean = mlp(x)
-        (dx_lean,) = torch.autograd.grad((lean * up).sum(), x)
+    with frozen(tiny):
+        eager_saved = saved_bytes(tiny, lambda: mlp(x))
+        eager = mlp(x)
+        (dx_eager,) = torch.autograd.grad((eager * up).sum(), x)
+        with lean_mlp(tiny) as n:
+            lean_saved = saved_bytes(tiny, lambda: mlp(x))
+            lean = mlp(x)
+            (dx_lean,) = torch.autograd.grad((lean * up).sum(), x)
     assert n == tiny.cfg.n_layers
     assert all("forward" not in vars(b.mlp) for b in tiny.blocks)
     assert torch.allclose(lean, eager, atol=1e-6)
@@ -69,12 +84,12 @@ def test_lean_mlp_matches_eager_and_saves_less(tiny):
 def test_lean_mlp_steps_aside(tiny):
     """A hook inside the MLP still fires (eager forward), the eager reference block is
     untouched, and a weight that requires a gradient gets it."""
-    tiny.requires_grad_(False)
     mlp = tiny.blocks[0].mlp
     x = mlp_input(tiny, seed=3)
     seen = []
-    eager_saved = saved_bytes(tiny, lambda: mlp(x))
-    with lean_mlp(tiny):
+    with frozen(tiny):
+        eager_saved = saved_bytes(tiny, lambda: mlp(x))
+    with frozen(tiny), lean_mlp(tiny):
         with tiny.hooks(fwd_hooks=[("blocks.0.mlp.out.hook_in", lambda t, hook: seen.append(t.shape))]):
             assert saved_bytes(tiny, lambda: mlp(x)) == eager_saved
         assert seen == [torch.Size([2, 7, int(tiny.cfg.d_mlp)])]
@@ -87,7 +102,6 @@ def test_lean_mlp_steps_aside(tiny):
             mlp(x).sum().backward()
             assert weight.grad is not None and weight.grad.abs().max() > 0
         finally:
-            weight.requires_grad_(False)
             weight.grad = None
 
 
@@ -96,8 +110,12 @@ def test_lean_mlp_on_smollm2(smol):
     """Every SmolLM2 MLP is switched and gives eager's gradient at float rounding."""
     mlp = smol.blocks[5].mlp
     x = mlp_input(smol, seed=4)
-    (dx_eager,) = torch.autograd.grad(mlp(x).square().sum(), x)
-    with lean_mlp(smol) as n:
-        (dx_lean,) = torch.autograd.grad(mlp(x).square().sum(), x)
+    with frozen(smol):
+        eager_saved = saved_bytes(smol, lambda: mlp(x))
+        (dx_eager,) = torch.autograd.grad(mlp(x).square().sum(), x)
+        with lean_mlp(smol) as n:
+            lean_saved = saved_bytes(smol, lambda: mlp(x))
+            (dx_lean,) = torch.autograd.grad(mlp(x).square().sum(), x)
     assert n == smol.cfg.n_layers
+    assert eager_saved - lean_saved == x.shape[0] * x.shape[1] * int(smol.cfg.d_mlp) * 4
     assert torch.allclose(dx_lean, dx_eager, rtol=1e-4, atol=1e-5 * float(dx_eager.abs().max()))
