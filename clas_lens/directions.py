@@ -153,12 +153,14 @@ def resid_activations(
     names = {resid_hook(l): j for j, l in enumerate(layers)}
     out = torch.empty(len(seqs), len(layers), int(model.cfg.d_model))
     device = model_device(model)
+    # batches of similar length (less left padding); rows go back to the prompts' order
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     starts = range(0, len(seqs), batch_size)
     for start in tqdm(starts, desc="activations", disable=not progress):
-        chunk = seqs[start:start + batch_size]
-        ids, mask = left_pad(chunk, pad_id(model), device)
+        rows = order[start:start + batch_size]
+        ids, mask = left_pad([seqs[i] for i in rows], pad_id(model), device)
         read = torch.zeros_like(mask)
-        for i, k in enumerate(n_read[start:start + batch_size]):
+        for i, k in enumerate(n_read[r] for r in rows):
             if k > 0:
                 read[i, -k:] = 1
         store: dict[int, Tensor] = {}
@@ -177,7 +179,7 @@ def resid_activations(
         with model.hooks(fwd_hooks=[(n, make(j)) for n, j in names.items()]):
             model(ids, attention_mask=mask, stop_at_layer=max(layers) + 1)
         for j in range(len(layers)):
-            out[start:start + len(chunk), j] = store[j]
+            out[rows, j] = store[j]
     return out
 
 

@@ -53,6 +53,15 @@ def test_padding_does_not_change_activations(tiny):
     assert n_hooks(tiny) == 0
 
 
+def test_batches_by_length_keep_the_prompts_order(tiny):
+    # batched by length ("hi", "hello there", then the long one), returned in given order
+    prompts = ["The capital of France is Paris and the weather is sunny", "hi", "hello there"]
+    for position in ("last", "mean"):
+        batched = resid_activations(tiny, prompts, batch_size=2, position=position)
+        alone = torch.cat([resid_activations(tiny, [p], position=position) for p in prompts])
+        torch.testing.assert_close(batched, alone, rtol=0, atol=1e-5)
+
+
 def test_activations_equal_run_with_cache(tiny):
     ids = cl.chat_ids(tiny, "hello world")
     acts = resid_activations(tiny, ["hello world"], layers=[1])
