@@ -92,7 +92,8 @@ def run(args) -> dict:
     train = _tokens(model, target_pairs(steer.train.prompts, steer.train, "always"), cap)
     valid = _tokens(model, target_pairs(steer.valid.prompts, steer.valid, "always"), cap)
     tests = _tokens(model, target_pairs(list(test.prompts), test, "always"), cap)
-    sp_prompts = [steer.steer_prompts()[i] for i in idx]
+    every_steer_prompt = steer.steer_prompts()
+    sp_prompts = [every_steer_prompt[i] for i in idx]
     sp = _tokens(model, target_pairs(sp_prompts, test, "always"), cap)
     n_gen = int(s["gen_rows"]) if s["gen_rows"] is not None else len(test)
 
