@@ -130,12 +130,14 @@ def _stop_at_final(h, hook=None):
 
 
 def final_residual(model, ids: Int[Tensor, "batch pos"],
-                   attention_mask: Int[Tensor, "batch pos"] | None = None) -> Float[Tensor, "batch pos d"]:
+                   attention_mask: Int[Tensor, "batch pos"] | None = None,
+                   **kwargs) -> Float[Tensor, "batch pos d"]:
     """The residual stream entering the final norm (``ln_final.hook_in``), without the logits.
 
     Every hook in place (steering included) runs; the pass stops when the final norm's
     input is ready, so neither the norm nor the unembedding is computed. Gradients flow
-    through the returned tensor as through the model.
+    through the returned tensor as through the model. ``kwargs`` go to the model's forward
+    (say, ``past_key_values``: every layer has filled the cache when the pass stops).
 
     Raises:
         ValueError: the model has no ``ln_final.hook_in`` hook point.
@@ -145,7 +147,7 @@ def final_residual(model, ids: Int[Tensor, "batch pos"],
                          "(a TransformerBridge); use model(ids) for the logits instead")
     try:
         with model.hooks(fwd_hooks=[("ln_final.hook_in", _stop_at_final)]):
-            model(ids, attention_mask=attention_mask)
+            model(ids, attention_mask=attention_mask, **kwargs)
     except _FinalResidual as stop:
         return stop.h
     raise RuntimeError("the forward pass never reached 'ln_final.hook_in'")

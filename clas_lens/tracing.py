@@ -30,6 +30,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from clas_lens.losses import final_residual, head_logits, head_matches
 from clas_lens.model import (
     chat_ids,
     check_batch_size,
@@ -144,12 +145,19 @@ def _generate_batch(model, steerer, seqs, *, max_new_tokens, do_sample, temperat
     rec = Recorder()
     ctx = steerer.apply(model, scale=scale, recorder=rec) if steerer is not None else nullcontext()
     cache = DynamicCache() if use_cache else None
+    # with a cache, the prompt pass unembeds only its last position (checked before any
+    # steering hook or recorder is in place)
+    last_only = use_cache and head_matches(model)
     running = [list(s) for s in seqs]
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     full = ids
     with torch.inference_mode(), ctx:
-        logits = model(ids, attention_mask=am, past_key_values=cache) if use_cache else \
-            model(ids, attention_mask=am)
+        if last_only:
+            h = final_residual(model, ids, am, past_key_values=cache)[:, -1]
+            logits = head_logits(model, h).unsqueeze(1)
+        else:
+            logits = model(ids, attention_mask=am, past_key_values=cache) if use_cache else \
+                model(ids, attention_mask=am)
         for _ in range(max_new_tokens):
             nxt = logits[:, -1].float().clone()
             if repetition_penalty and repetition_penalty != 1.0:

@@ -5,6 +5,7 @@ import torch
 from conftest import n_hooks, random_directions, randomize
 
 import clas_lens as cl
+from clas_lens.losses import head_matches
 
 PROMPTS = ["hello", "The capital of France is Paris and the weather", "I love cats"]
 
@@ -29,6 +30,21 @@ def test_kv_cache_equals_uncached(tiny, steerer):
     assert a.token_ids == b.token_ids
     torch.testing.assert_close(a.strengths, b.strengths, rtol=0, atol=1e-5)
     torch.testing.assert_close(a.projections, b.projections, rtol=0, atol=1e-5)
+
+
+def test_cached_prompt_pass_unembeds_only_the_last_position(tiny, steerer):
+    head_matches(tiny)  # its one-off check runs the head on full rows: not counted here
+    seen = []
+
+    def spy(h, hook=None):
+        seen.append(h.shape[0] * h.shape[1])  # rows unembedded
+        return h
+
+    with tiny.hooks(fwd_hooks=[("unembed.hook_in", spy)]):
+        cl.generate(tiny, steerer, PROMPTS, max_new_tokens=3, stop_at_eos=False, use_cache=True)
+    # one row per prompt in the prompt pass, then in the pass over each new token (the
+    # last one's too: its strengths are traced)
+    assert seen == [len(PROMPTS)] * 4
 
 
 def test_result_shapes_and_mask(tiny, steerer):
