@@ -543,7 +543,7 @@ def _sdpa_forward(model, attn):
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         pe = kwargs.get("position_embeddings")
         mask = kwargs.get("attention_mask")
-        if (_FORCED_EAGER.get(model) or any(is_hooked(p) for p in pattern_points)
+        if (eager_forced(model) or any(is_hooked(p) for p in pattern_points)
                 or not isinstance(hidden, torch.Tensor)
                 or len(args) > 1 or (len(args) == 1 and "hidden_states" in kwargs)
                 or not (isinstance(pe, tuple) and len(pe) == 2)
@@ -642,7 +642,7 @@ def fast_attention(model, enabled: bool = True):
     layers = _attention_bridges(model)
     config = getattr(getattr(model, "original_model", None), "config", None)
     if not layers or config is None or getattr(config, "_attn_implementation", None) != "eager" \
-            or _FORCED_EAGER.get(model) or not all(_sdpa_capable(a) for a in layers):
+            or eager_forced(model) or not all(_sdpa_capable(a) for a in layers):
         yield 0
         return
     try:
