@@ -285,7 +285,10 @@ def nll_sums(model, encoded, pad: int, device, *,
     The forward pass runs under :func:`~clas_lens.model.fast_attention` and
     :func:`~clas_lens.lean_mlp.lean_mlp`: no attention pattern is kept for the backward pass
     (a layer with a hook on its pattern stays eager), and a SwiGLU MLP keeps two activations
-    per token instead of three. With a gradient, the head's cross-entropy runs through
+    per token instead of three. The batch is right-padded, so under causal attention no
+    real token attends to padding: this path runs without an attention mask (the causal
+    kernel skips the scores above the diagonal) and never reads a padded position's
+    output. With a gradient, the head's cross-entropy runs through
     :class:`HeadCE` (no logit-sized tensor is kept for the backward pass).
 
     Args:
@@ -301,8 +304,8 @@ def nll_sums(model, encoded, pad: int, device, *,
         with fast_attention(model), lean:
             return token_nll_sums(model(ids, attention_mask=mask), labels)
     valid = labels[:, 1:] != -100
-    with fast_attention(model), lean:
-        h = final_residual(model, ids, mask)[:, :-1][valid]
+    with fast_attention(model), lean:  # right padding: no real token sees a pad (no mask)
+        h = final_residual(model, ids)[:, :-1][valid]
     tgt = labels[:, 1:][valid]
     if torch.is_grad_enabled() and not _head_trainable(model):
         ce = HeadCE.apply(h, tgt, lambda x: head_logits(model, x), GRAD_HEAD_CHUNK)

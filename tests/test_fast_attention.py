@@ -62,8 +62,8 @@ def test_nll_and_gradients_match_eager(tiny, monkeypatch, budget):
     fast = completion_nll(tiny, st, PAIRS, per_example=True, micro_batch_tokens=budget)
     n_micro = 1 if budget > 1 else len(PAIRS)
     assert len(calls) == tiny.cfg.n_layers * n_micro
-    # padded batches pass HF's boolean mask; a lone unpadded pair runs causal without one
-    assert all((m is None) == (budget == 1) for m in calls)
+    # right-padded batches need no mask under causal attention (nor does a lone pair)
+    assert all(m is None for m in calls)
     assert float((fast - eager).abs().max()) < 1e-5
     assert float(eager.min()) > 0
 
@@ -75,6 +75,24 @@ def test_nll_and_gradients_match_eager(tiny, monkeypatch, budget):
         assert float(a.abs().max()) > 0
         torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-4)
     assert_eager(tiny)
+
+
+def test_left_padded_batch_with_its_mask_matches_eager(tiny, monkeypatch):
+    """A left-padded batch called with its attention mask runs the fused kernel with HF's
+    mask and gives eager attention's logits at every real position."""
+    seqs = [cl.chat_ids(tiny, p) for p in ("Hi.", "Describe a cat in some detail, please.")]
+    width = max(len(s) for s in seqs)
+    ids = torch.tensor([[0] * (width - len(s)) + s for s in seqs])
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
+    calls = count_sdpa(monkeypatch)
+    with torch.no_grad():
+        eager = tiny(ids, attention_mask=mask)
+        with fast_attention(tiny):
+            fast = tiny(ids, attention_mask=mask)
+    assert len(calls) == tiny.cfg.n_layers and all(m is not None for m in calls)
+    real = mask.bool()
+    assert float((fast[real] - eager[real]).abs().max()) < 1e-5
+    assert float((fast[0, -1] - tiny(torch.tensor([seqs[0]]))[0, -1]).abs().max()) < 1e-4
 
 
 def test_back_to_eager_after_an_exception(tiny, monkeypatch):
