@@ -180,8 +180,11 @@ class _Selection:
         self.best = float("inf")
         self.best_state = copy.deepcopy(steerer.state_dict())
 
-    def evaluate(self, step: int, epoch: int) -> None:
-        loss = completion_nll(self.model, self.steerer, self.valid_pairs, batch_size=8, **self.nll_kw)
+    def evaluate(self, step: int, epoch: int, loss: float | None = None) -> None:
+        """Evaluate the valid loss (or record ``loss``, already known for this state)."""
+        if loss is None:
+            loss = completion_nll(self.model, self.steerer, self.valid_pairs, batch_size=8,
+                                  **self.nll_kw)
         self.hist.valid.append({"step": step, "epoch": epoch, "valid_loss": loss})
         if not math.isfinite(loss):
             warnings.warn(f"valid loss is {loss} after step {step}; that state is never kept",
@@ -297,6 +300,7 @@ def train(
     weight_decay: float = 0.0, progress: bool = True, max_completion_tokens: int | None = None,
     truncate: bool = False, protocol: str | None = None, end_of_turn: str | None = None,
     clip_grad_norm: float | None = None, eval_steps: int | Sequence[int] | None = None,
+    unsteered_valid_loss: float | None = None,
 ) -> TrainHistory:
     """Train a steerer on (prompt, completion) pairs with the model frozen.
 
@@ -328,6 +332,10 @@ def train(
         clip_grad_norm: clip the total gradient norm of each step to this value.
         eval_steps: when the valid loss is evaluated (see :func:`eval_schedule`); only
             evaluated states can be kept, the untrained one included when step 0 is listed.
+        unsteered_valid_loss: the unsteered model's loss on ``valid``, when already known
+            (computed with :func:`clas_lens.losses.completion_nll` and this run's
+            ``max_completion_tokens``, ``truncate`` and ``end_of_turn``); a steerer that
+            starts as the identity records it at step 0 instead of evaluating again.
 
     Returns:
         A :class:`TrainHistory`.
@@ -368,7 +376,8 @@ def train(
     t0 = time.perf_counter()
     with _frozen(model):
         if 0 in eval_at:  # an interrupt here propagates: nothing was trained yet
-            sel.evaluate(0, 0)
+            known = unsteered_valid_loss if steerer.is_identity() else None
+            sel.evaluate(0, 0, None if known is None else float(known))
         _run_steps(model, steerer, opt, enc_train, hist, sel, gen, bs=bs, epochs=epochs,
                    per_epoch=per_epoch, eval_at=eval_at, clip_grad_norm=proto["clip_grad_norm"],
                    micro_batch_size=micro_batch_size, micro_batch_tokens=micro_batch_tokens,

@@ -10,9 +10,11 @@ from chat_server import completion, user_text
 from test_harness import write_reference_csv
 
 import clas_lens as cl
-from clas_lens.bench import harness, scoring, shared, stats
+from clas_lens import losses
+from clas_lens.bench import cell, harness, scoring, shared, stats
 from clas_lens.bench.judge import Judge
 from clas_lens.model import completion_ids
+from clas_lens.training import resolve_protocol
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +105,33 @@ def test_identity_steerer_reuses_the_unsteered_results(tiny, tmp_path, monkeypat
                                                       "strength_max_abs")} for r in recs]
     assert strip[:4] == strip[4:]
     assert [r["strength_max_abs"] for r in recs if r["method"] == "clas"] == [0.0, 0.0, None, None]
+
+
+def test_unsteered_valid_loss_is_computed_once_per_benchmark(tiny, tmp_path, monkeypatch):
+    """LAS's loss before its search and every trained method's step-0 loss are the unsteered
+    valid loss, evaluated once and then read from the benchmark's cache."""
+    known = write_reference_csv(tmp_path / "JailbreakBench_SteerDataset.csv")
+    calls, real = [], losses.completion_nll
+
+    def counted(*a, **k):
+        if not k.get("per_example"):  # test rows are scored per example
+            calls.append(a[1])
+        return real(*a, **k)
+
+    monkeypatch.setattr(losses, "completion_nll", counted)
+    kw = dict(out=tmp_path / "r", quick=True, model=tiny, progress=False, figure="")
+    first = harness.run_benchmarks([known], methods="las,clas,reft", **kw)
+    assert calls == [None]
+    second = harness.run_benchmarks([known], methods="lora", **kw)  # a later run: from the cache
+    assert calls == [None]
+    before = {r["method"]: r["valid_loss_before"] for r in first + second}
+    assert len(before) == 4 and len(set(before.values())) == 1
+    steer = cl.SteerSet.from_reference_csv(known)
+    rule = resolve_protocol(None)["end_of_turn"]
+    valid = cell.target_pairs(steer.valid.prompts, steer.valid, rule)
+    want = real(tiny, None, valid, end_of_turn=rule,
+                max_completion_tokens=harness.QUICK["max_completion_tokens"])
+    assert before["lora"] == pytest.approx(want, rel=1e-6)  # summed in another order
 
 
 def test_directions_are_fitted_once_and_reused_from_the_cache(tiny, tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ import torch
 from conftest import n_hooks, random_directions, randomize
 
 import clas_lens as cl
+from clas_lens import training
 from clas_lens.losses import collate, encode_pairs
 
 
@@ -83,6 +84,34 @@ def test_untrained_state_can_win(tiny, task, anti_valid):
     assert torch.count_nonzero(st.W) == 0 and torch.count_nonzero(st.b) == 0
     assert cl.completion_nll(tiny, st, anti_valid) == pytest.approx(
         cl.completion_nll(tiny, None, anti_valid), abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["clas", "las_layerwise", "reft", "lora"])
+def test_identity_start_reuses_the_unsteered_valid_loss(tiny, task, kind, monkeypatch):
+    """A steerer that starts as the identity records the unsteered valid loss at step 0
+    instead of evaluating again; that loss is bit for bit what the evaluation gives."""
+    dirs, tr, va = task
+    make = {"clas": lambda: cl.CLASSteerer(dirs), "las_layerwise": lambda: cl.LayerwiseLASSteerer(dirs),
+            "reft": lambda: cl.ReFTSteerer(tiny, seed=1), "lora": lambda: cl.LoRASteerer(tiny, seed=1)}
+    unsteered = cl.completion_nll(tiny, None, va)
+    evaluated = cl.train(tiny, make[kind](), tr, va, epochs=1, progress=False)
+    assert evaluated.valid_losses[0] == unsteered
+    calls = []
+    real = training.completion_nll
+    monkeypatch.setattr(training, "completion_nll", lambda *a, **k: calls.append(1) or real(*a, **k))
+    shared = cl.train(tiny, make[kind](), tr, va, epochs=1, progress=False,
+                      unsteered_valid_loss=unsteered)
+    assert len(calls) == 1  # the step-1 evaluation only
+    assert shared.valid_losses == evaluated.valid_losses
+
+
+def test_known_unsteered_loss_is_ignored_for_a_steerer_that_is_not_the_identity(tiny, task):
+    dirs, tr, va = task
+    st = cl.CLASSteerer(dirs)
+    with torch.no_grad():
+        st.b.fill_(0.5)
+    hist = cl.train(tiny, st, tr, va, epochs=0, progress=False, unsteered_valid_loss=123.0)
+    assert hist.valid_losses == [cl.completion_nll(tiny, st, va)]
 
 
 @pytest.mark.parametrize("kind,lr", [("las", None), ("las_layerwise", None), ("reft", None),

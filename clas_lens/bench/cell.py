@@ -70,24 +70,28 @@ def test_rows(steer, settings: dict):
     return test, idx
 
 
-def _fit_las(model, dirs, train_pairs, valid_pairs, settings: dict, nll_kw: dict, progress: bool):
-    """LAS: one coefficient chosen on the train pairs' NLL over the scale-aware grid."""
+def _fit_las(model, dirs, train_pairs, valid_pairs, settings: dict, nll_kw: dict, progress: bool,
+             before: float):
+    """LAS: one coefficient chosen on the train pairs' NLL over the scale-aware grid
+    (``before``: the unsteered valid loss, also the loss after when ``c = 0`` is chosen)."""
     import clas_lens as cl
     from clas_lens.training import las_grid
 
     steerer = cl.LASSteerer(dirs)
     grid = las_grid(model, steerer, train_pairs, n=int(settings["las_grid_size"]))
-    before = cl.completion_nll(model, None, valid_pairs, **nll_kw)
     res = cl.grid_search_las(model, steerer, train_pairs, grid, progress=progress, **nll_kw)
-    after = cl.completion_nll(model, steerer, valid_pairs, **nll_kw)
+    after = (before if steerer.is_identity()
+             else cl.completion_nll(model, steerer, valid_pairs, **nll_kw))
     return steerer, {"las_c": res["best"], "valid_loss_before": before, "valid_loss_after": after,
                      "las_grid": f"linspace(0, {grid[-1]:.4g}, {len(grid)}) on train NLL",
                      "las_search": res.get("search")}
 
 
 def _fit_trained(model, method: str, dirs, train_pairs, valid_pairs, settings: dict, seed: int,
-                 progress: bool):
-    """``las_layerwise``, ``clas``, ``reft``, ``lora``: trained, checkpoint chosen on valid."""
+                 progress: bool, before: float):
+    """``las_layerwise``, ``clas``, ``reft``, ``lora``: trained, checkpoint chosen on valid
+    (``before``: the unsteered valid loss, the step-0 loss of a steerer that starts as the
+    identity)."""
     import clas_lens as cl
 
     steerer = {"las_layerwise": lambda: cl.LayerwiseLASSteerer(dirs),
@@ -96,7 +100,8 @@ def _fit_trained(model, method: str, dirs, train_pairs, valid_pairs, settings: d
                "lora": lambda: cl.LoRASteerer(model, seed=seed)}[method]()
     hist = cl.train(model, steerer, train_pairs, valid_pairs, seed=seed,
                     epochs=int(settings["epochs"]), protocol=settings["protocol"],
-                    max_completion_tokens=settings["max_completion_tokens"], progress=progress)
+                    max_completion_tokens=settings["max_completion_tokens"], progress=progress,
+                    unsteered_valid_loss=before)
     if hist.interrupted:
         raise KeyboardInterrupt
     return steerer, {"best_epoch": hist.best_epoch, "valid_loss_before": hist.valid_losses[0],
@@ -153,16 +158,22 @@ def run_cell(model, steer, method: str, settings: dict, *, dirs=None, seed: int 
     torch.manual_seed(seed)
     steerer = None
     t0 = time.perf_counter()
-    if method == "las":
+    if method == "las" or method in TRAINED:
         train_pairs = by_length(model, target_pairs(steer.train.prompts, steer.train, rule))
         valid_pairs = by_length(model, target_pairs(steer.valid.prompts, steer.valid, rule))
-        steerer, fitted = _fit_las(model, dirs, train_pairs, valid_pairs, settings, nll_kw, progress)
-        row.update(fitted)
-    elif method in TRAINED:
-        train_pairs = by_length(model, target_pairs(steer.train.prompts, steer.train, rule))
-        valid_pairs = by_length(model, target_pairs(steer.valid.prompts, steer.valid, rule))
-        steerer, fitted = _fit_trained(model, method, dirs, train_pairs, valid_pairs, settings,
-                                       seed, progress)
+
+        def valid_loss():
+            from clas_lens.losses import completion_nll
+
+            return {"valid_loss": completion_nll(model, None, valid_pairs, **nll_kw)}
+
+        before = (work.unsteered_valid(model, valid_loss) if work is not None
+                  else valid_loss())["valid_loss"]
+        steerer, fitted = (
+            _fit_las(model, dirs, train_pairs, valid_pairs, settings, nll_kw, progress, before)
+            if method == "las" else
+            _fit_trained(model, method, dirs, train_pairs, valid_pairs, settings, seed, progress,
+                         before))
         row.update(fitted)
     train_seconds = time.perf_counter() - t0
     t1 = time.perf_counter()

@@ -5,7 +5,9 @@
 * the unsteered model's results on the test rows (per-row completion NLL, greedy
   generations and their metrics): they are the ``base_prompt`` cell, and any method whose
   fitted steerer is the identity (LAS at ``c = 0``, a trained steerer whose best
-  checkpoint is its zero initialisation) reuses them instead of recomputing them.
+  checkpoint is its zero initialisation) reuses them instead of recomputing them;
+* the unsteered model's valid loss: LAS's loss before its search, and the step-0 valid
+  loss of every trained steerer that starts as the identity.
 
 Both are saved under ``<out>/cache/<benchmark>/`` in files named by a hash of the settings
 they depend on (the fields of the resume keys), so resumed runs and Ray workers sharing
@@ -37,6 +39,8 @@ DIRECTION_KEYS = ("direction_method", "seed", "max_new_tokens")
 #: settings the unsteered test results depend on
 UNSTEERED_KEYS = ("n_test", "gen_rows", "max_new_tokens", "max_completion_tokens", "protocol",
                   "repetition_penalty")
+#: settings the unsteered valid loss depends on
+VALID_KEYS = ("max_completion_tokens", "protocol")
 
 
 def settings_hash(fields: dict) -> str:
@@ -78,8 +82,9 @@ class BenchmarkWork:
         self.direction_method, self.seed = direction_method, seed
         self._dir_key = {k: base.get(k) for k in ("data_sha256", "contrast", *DIRECTION_KEYS)}
         self._uns_key = {k: base.get(k) for k in ("data_sha256", *UNSTEERED_KEYS)}
+        self._valid_key = {k: base.get(k) for k in ("data_sha256", *VALID_KEYS)}
         self._dirs = None
-        self._unsteered: dict | None = None
+        self._json: dict[str, dict] = {}
 
     def _path(self, model, stem: str, key: dict) -> Path | None:
         if self.folder is None:
@@ -112,22 +117,30 @@ class BenchmarkWork:
             self._dirs.save(path)
         return self._dirs, time.perf_counter() - t
 
-    def unsteered(self, model, compute: Callable[[], dict]) -> dict:
-        """The unsteered test results: ``compute()`` once (a JSON-able dict), then reused."""
-        if self._unsteered is not None:
-            return self._unsteered
-        path = self._path(model, "unsteered", self._uns_key)
+    def _once(self, model, stem: str, key: dict, compute: Callable[[], dict]) -> dict:
+        """``compute()`` once (a JSON-able dict), kept in memory and in ``<stem>-<hash>.json``."""
+        if stem in self._json:
+            return self._json[stem]
+        path = self._path(model, stem, key)
         file = None if path is None else path.with_suffix(".json")
         if file is not None and file.is_file():
             try:
-                self._unsteered = json.loads(file.read_text(encoding="utf-8"))
-                return self._unsteered
+                self._json[stem] = json.loads(file.read_text(encoding="utf-8"))
+                return self._json[stem]
             except json.JSONDecodeError:
-                pass
-        self._unsteered = compute()
+                pass  # a damaged file: compute again and overwrite it
+        self._json[stem] = compute()
         if file is not None:
-            atomic_write_text(file, json.dumps(self._unsteered, ensure_ascii=False))
-        return self._unsteered
+            atomic_write_text(file, json.dumps(self._json[stem], ensure_ascii=False))
+        return self._json[stem]
+
+    def unsteered(self, model, compute: Callable[[], dict]) -> dict:
+        """The unsteered test results: ``compute()`` once (a JSON-able dict), then reused."""
+        return self._once(model, "unsteered", self._uns_key, compute)
+
+    def unsteered_valid(self, model, compute: Callable[[], dict]) -> dict:
+        """The unsteered valid loss (``compute()``'s dict, e.g. ``{"valid_loss": x}``), once."""
+        return self._once(model, "unsteered-valid", self._valid_key, compute)
 
 
-__all__ = ["BenchmarkWork", "DIRECTION_KEYS", "UNSTEERED_KEYS", "settings_hash"]
+__all__ = ["BenchmarkWork", "DIRECTION_KEYS", "UNSTEERED_KEYS", "VALID_KEYS", "settings_hash"]
