@@ -6,7 +6,7 @@ machine: first the code of ``--before`` (a temporary git worktree, imported thro
 ``PYTHONPATH``), then this checkout, each into a new folder. Prints each method's cell
 seconds and test NLL, both totals and after / before, and appends them to ``--json``.
 ``--before-dir`` / ``--after-dir`` take runs already finished (their ``benchmarks.csv``)
-instead of running them (the record then names the folder, not the commit). Both runs
+instead of running them (``--after`` then names the commit that ran the folder's cells). Both runs
 together take about 45 minutes on 2 cores; the ratio means something only on an otherwise
 idle machine. ``--quick`` adds ``--quick`` to both runs (a smoke test of the script).
 
@@ -81,8 +81,8 @@ def run(args) -> dict:
     tb, ta = sum(b[m]["seconds"] for m in methods), sum(a[m]["seconds"] for m in methods)
     dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     head = git("rev-parse", "--short", "HEAD") + ("+" if dirty else "")
-    return {"before": args.before if args.before_dir is None else f"folder {args.before_dir}",
-            "after": head if args.after_dir is None else f"folder {args.after_dir}",
+    return {"before": args.before, "after": head if args.after_dir is None else args.after,
+            "before_dir": args.before_dir, "after_dir": args.after_dir,
             "settings": " ".join(ARGS) + (" --quick" if args.quick else ""),
             "before_s": {m: round(b[m]["seconds"], 1) for m in methods},
             "after_s": {m: round(a[m]["seconds"], 1) for m in methods},
@@ -98,6 +98,7 @@ def main(argv=None) -> dict:
     p.add_argument("--csv", default=None, help="the GSM8K CSV (default ../shared/benchmarks/...)")
     p.add_argument("--before-dir", default=None, help="a finished run of the --before code")
     p.add_argument("--after-dir", default=None, help="a finished run of this checkout")
+    p.add_argument("--after", default=None, help="the commit that made --after-dir")
     return C.main("grid_cells", run, __doc__, argv, p)
 
 
